@@ -1,0 +1,118 @@
+"""The Backend contract: one numerical framework (PyTorch, JAX) behind one interface.
+
+A backend builds the Ankh/T5 model from the spec's ``model`` section with the heads the objectives
+ask for, owns the optimizer, and runs training and evaluation steps on numpy batches. The run loop
+(core) owns everything else: data, schedule, checkpoint files, tracking, hooks.
+
+Weights cross the boundary as ``dict[str, np.ndarray]`` with Hugging Face T5 names and layouts, so a
+checkpoint written by one backend loads in the other, and T5/Ankh checkpoints load too.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+from plmforge.core.model_config import ModelConfig
+from plmforge.core.objective import Array, ModelNeeds, Objective
+from plmforge.core.strict import StrictModel
+
+
+class BackendConfig(StrictModel):
+    """Base class of a backend's options (the ``backend:`` section besides ``name``)."""
+
+
+@dataclass(frozen=True)
+class ObjectiveSlot:
+    """An objective as the backend sees it: its instance, its label in metrics and its loss weight."""
+
+    label: str
+    objective: Objective
+    weight: float
+
+
+@dataclass(frozen=True)
+class BackendContext:
+    """Everything a backend needs to build itself, resolved from the spec by the run."""
+
+    model: ModelConfig
+    vocab_size: int
+    needs: ModelNeeds
+    objectives: tuple[ObjectiveSlot, ...]
+    training: Any  # plmforge.core.spec.TrainingConfig
+    seed: int
+
+
+@dataclass
+class MicroBatch:
+    """One padded numpy batch of one objective, with the weight its loss sum is normalised by."""
+
+    arrays: dict[str, np.ndarray]
+    weight: float
+    residues: int  # real (unpadded) residues, for throughput
+
+
+#: Metrics returned by steps: name -> (sum, count), arrays still on the device (no host sync).
+StepMetrics = dict[str, tuple[Array, Array]]
+
+
+class Backend(ABC):
+    """Base class of backend plugins. Register a subclass under the ``plmforge.backends`` entry point.
+
+    Import the framework lazily (inside methods or submodules), so listing plugins and validating
+    specs never imports torch or jax.
+    """
+
+    Config: ClassVar[type[BackendConfig]] = BackendConfig
+
+    def __init__(self, config: BackendConfig, context: BackendContext):
+        self.config = config
+        self.context = context
+
+    @abstractmethod
+    def setup(self) -> None:
+        """Build the model and optimizer and initialise weights deterministically from ``context.seed``."""
+
+    @abstractmethod
+    def train_step(self, micro_batches: Mapping[str, list[MicroBatch]], lr: float) -> StepMetrics:
+        """One optimizer step over the given micro-batches of each objective label.
+
+        The loss is ``sum_o weight_o * (sum of loss sums of o) / (sum of weights of o)``, accumulated
+        over micro-batches; gradients are clipped to ``training.max_grad_norm``. Returns at least
+        ``loss``, ``grad_norm`` and ``<label>/loss`` plus each objective's metrics as ``<label>/<name>``.
+        """
+
+    @abstractmethod
+    def eval_step(self, batches: Mapping[str, MicroBatch]) -> StepMetrics:
+        """Loss and metrics without updating anything (dropout off); keys as in :meth:`train_step`."""
+
+    @abstractmethod
+    def embed(self, input_ids: np.ndarray) -> np.ndarray:
+        """Encoder last hidden states [B, L, d_model] as float32 numpy for padded ``input_ids``."""
+
+    @abstractmethod
+    def weights(self) -> dict[str, np.ndarray]:
+        """Model parameters as float32 numpy arrays with Hugging Face T5 names and layouts."""
+
+    @abstractmethod
+    def load_weights(self, weights: Mapping[str, np.ndarray], strict: bool = True) -> None:
+        """Load parameters named as in :meth:`weights` (missing/unexpected names are errors if strict)."""
+
+    @abstractmethod
+    def training_state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """Optimizer and RNG state as (named arrays, JSON-able metadata), to resume exactly."""
+
+    @abstractmethod
+    def load_training_state(self, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> None:
+        """Restore what :meth:`training_state` returned."""
+
+    def describe(self) -> dict[str, str]:
+        """Facts worth tagging a run with (device, framework version, precision)."""
+        return {}
+
+    def num_parameters(self) -> int:
+        return int(sum(a.size for a in self.weights().values()))

@@ -1,0 +1,164 @@
+"""The ``plmforge`` command.
+
+Fast commands (``--help``, ``plugins``, ``validate``, ``schema``) import neither torch nor jax nor
+mlflow: everything heavy is imported inside the command that needs it. A user error prints one
+message and exits 1; ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from plmforge.core import __version__
+from plmforge.core.errors import PlmforgeError
+
+
+class _Group(click.Group):
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except PlmforgeError as exc:
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(1)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="plmforge")
+@click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
+@click.pass_context
+def main(ctx: click.Context, debug: bool) -> None:
+    """Pretrain and evaluate protein language models from one spec file."""
+    ctx.obj = {"debug": debug}
+
+
+_SET = click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+                    help="Override a spec value, e.g. --set training.steps=200 --set objectives[0].weight=2.")
+
+
+@main.command()
+@click.argument("spec", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--resume", is_flag=True, help="Continue from the last checkpoint in the output directory.")
+@_SET
+@click.option("--no-progress", is_flag=True, help="No progress bar or step lines.")
+def train(spec: Path, resume: bool, overrides: tuple[str, ...], no_progress: bool) -> None:
+    """Pretrain a model as SPEC describes, logging to MLflow."""
+    from plmforge.core.run import train as run_training
+    from plmforge.core.spec import load_spec
+
+    loaded = load_spec(spec, list(overrides))
+    try:
+        result = run_training(loaded, resume=resume, show_progress=not no_progress)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+    click.echo(f"finished {result.step} steps of {loaded.name!r}")
+    for key in ("train/loss",):
+        if key in result.train_metrics:
+            click.echo(f"  {key:<40} {result.train_metrics[key]:.4f}")
+    for key, value in sorted(result.eval_metrics.items()):
+        if "/p" not in key:
+            click.echo(f"  {key:<40} {value:.4f}")
+    if result.checkpoint:
+        click.echo(f"  checkpoint: {result.checkpoint}")
+    if result.tracking_run_id and not result.tracking_failure:
+        from plmforge.core.tracking import resolve_tracking_uri
+
+        uri = resolve_tracking_uri(loaded.tracking.tracking_uri)
+        click.echo(f"  MLflow run {result.tracking_run_id} in experiment {loaded.tracking.experiment!r} at {uri}")
+        if uri.startswith("sqlite:") or uri.startswith("file:") or "://" not in uri:
+            click.echo(f"  view it: mlflow ui --backend-store-uri {uri}")
+    elif result.tracking_failure:
+        click.echo(f"  tracking: {result.tracking_failure}", err=True)
+
+
+@main.command()
+@click.argument("spec", type=click.Path(dir_okay=False, path_type=Path))
+@_SET
+@click.option("--print", "print_spec", is_flag=True, help="Print the resolved spec (all defaults filled).")
+def validate(spec: Path, overrides: tuple[str, ...], print_spec: bool) -> None:
+    """Check SPEC (and the plugins and files it names) without training."""
+    from plmforge.core.spec import load_spec
+
+    loaded = load_spec(spec, list(overrides))
+    source = loaded.data.source
+    for path in (source if not source.startswith("builtin:") else None, loaded.data.validation_source):
+        if path and not Path(path).is_file():
+            raise PlmforgeError(f"{spec}: data file {path!r} not found (relative to {Path.cwd()})")
+    if print_spec:
+        click.echo(loaded.to_yaml(), nl=False)
+        return
+    objectives = ", ".join(f"{e.label or e.name} (weight {e.weight:g})" for e in loaded.objectives)
+    click.echo(f"{spec}: valid")
+    click.echo(f"  backend {loaded.backend.name}; objectives {objectives}")
+    click.echo(f"  model {loaded.model.preset or 'custom'}: d_model {loaded.model.d_model}, "
+               f"{loaded.model.num_layers}+{loaded.model.num_decoder_layers} layers")
+    click.echo(f"  {loaded.training.steps} steps; output {loaded.resolved_output_dir}")
+
+
+@main.command()
+@click.option("--load/--no-load", default=True, help="Import each plugin to check it loads (default).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def plugins(load: bool, as_json: bool) -> None:
+    """List installed plugins: kind, name, distribution, version, status or error."""
+    from plmforge.core.registry import Registry
+
+    registry = Registry()
+    infos = registry.try_load_all() if load else registry.infos()
+    rows = [{"kind": i.kind, "name": i.name, "distribution": i.distribution, "version": i.version,
+             "status": i.status, "error": i.error or (f"also claimed by {', '.join(i.claimants)}"
+                                                       if i.claimants else None)} for i in infos]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("kind", "name", "distribution", "version", "status")
+    for row in rows:
+        status = row["status"] if not row["error"] else f"{row['status']}: {row['error']}"
+        style = {"loaded": "green", "available": "green", "disabled": "dim"}.get(row["status"], "red")
+        table.add_row(row["kind"], row["name"], row["distribution"], row["version"], f"[{style}]{status}[/]")
+    Console().print(table)
+
+
+@main.command()
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write to a file.")
+def schema(output: Path | None) -> None:
+    """Print the JSON Schema of spec files, including every installed plugin's options."""
+    from plmforge.core.schema import spec_json_schema
+
+    text = json.dumps(spec_json_schema(), indent=2)
+    if output:
+        output.write_text(text + "\n")
+        click.echo(f"wrote {output}")
+    else:
+        click.echo(text)
+
+
+@main.command()
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.argument("fasta", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Output file: .safetensors (per-residue or per-protein) or .npy (per-protein).")
+@click.option("--per-protein", is_flag=True, help="Mean over residues: one vector per protein.")
+@click.option("--prefix", default=None, help="Task prefix token before each protein, e.g. [NLU].")
+@click.option("--backend", "backend_name", default=None, help="Backend to run on (default: the checkpoint's).")
+@click.option("--batch-tokens", default=8192, show_default=True, help="Padded tokens per batch.")
+def embed(checkpoint: Path, fasta: Path, output: Path, per_protein: bool, prefix: str | None,
+          backend_name: str | None, batch_tokens: int) -> None:
+    """Encoder embeddings of the proteins in FASTA from CHECKPOINT (drops the </s> position)."""
+    from plmforge.core.embedding import embed_fasta
+
+    count = embed_fasta(checkpoint, fasta, output, per_protein=per_protein, prefix=prefix,
+                        backend_name=backend_name, batch_tokens=batch_tokens)
+    click.echo(f"wrote {'per-protein' if per_protein else 'per-residue'} embeddings of {count} proteins to {output}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

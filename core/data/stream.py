@@ -1,0 +1,89 @@
+"""A deterministic, resumable stream of one objective's batches over a protein set.
+
+Every random choice for an example (crop window, masking) comes from a numpy Generator seeded by
+``(seed, stream, epoch, protein index)``, and the batch plan of an epoch from ``(seed, stream,
+epoch)``. The stream's whole state is therefore ``(epoch, batch position)``: saving those two numbers
+is enough to resume at the exact example with the exact masks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from plmforge.core.backend import MicroBatch
+from plmforge.core.data.batching import BatchPlanner, collate
+from plmforge.core.objective import Objective, Protein
+
+#: Marks evaluation generators so validation masks never coincide with training ones.
+EVAL_EPOCH = 2**31 - 1
+
+
+def crop(tokens: np.ndarray, max_length: int, rng: np.random.Generator | None) -> np.ndarray:
+    """A random window of ``max_length`` residues (training), or the first window when ``rng`` is None."""
+    if len(tokens) <= max_length:
+        return tokens
+    start = int(rng.integers(0, len(tokens) - max_length + 1)) if rng is not None else 0
+    return tokens[start:start + max_length]
+
+
+@dataclass
+class ExampleStream:
+    """Batches of ``objective`` examples drawn from ``proteins``, epoch after epoch."""
+
+    objective: Objective
+    proteins: Any  # plmforge.core.data.proteins.ProteinSet
+    planner: BatchPlanner
+    seed: int
+    stream: int = 0
+    epoch: int = 0
+    position: int = 0
+    cropped: int = field(default=0, init=False)
+    _plan: list[np.ndarray] | None = field(default=None, init=False, repr=False)
+    _plan_epoch: int = field(default=-1, init=False, repr=False)
+
+    def _epoch_plan(self) -> list[np.ndarray]:
+        if self._plan_epoch != self.epoch:
+            rng = np.random.default_rng([self.seed, self.stream, self.epoch])
+            self._plan = self.planner.plan(self.proteins.lengths, rng)
+            self._plan_epoch = self.epoch
+        return self._plan
+
+    def next(self) -> MicroBatch:
+        plan = self._epoch_plan()
+        if self.position >= len(plan):
+            self.epoch, self.position = self.epoch + 1, 0
+            plan = self._epoch_plan()
+        indices = plan[self.position]
+        self.position += 1
+        return self.make_batch(indices, self.epoch, train=True)
+
+    def make_batch(self, indices: np.ndarray, epoch: int, train: bool) -> MicroBatch:
+        examples, residues = [], 0
+        for index in indices:
+            rng = np.random.default_rng([self.seed, self.stream, epoch, int(index)])
+            tokens = self.proteins.tokens(int(index))
+            if len(tokens) > self.planner.max_length:
+                self.cropped += 1
+            tokens = crop(tokens, self.planner.max_length, rng if train else None)
+            residues += len(tokens)
+            protein = Protein(tokens=tokens, name=self.proteins.name(int(index)))
+            examples.append(self.objective.make_example(protein, rng))
+        arrays = collate(examples, self.objective.features(), self.planner.pad_to_multiple)
+        return MicroBatch(arrays=arrays, weight=self.objective.weight(arrays), residues=residues)
+
+    def state(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "position": self.position}
+
+    def load_state(self, state: dict[str, int]) -> None:
+        self.epoch, self.position = int(state["epoch"]), int(state["position"])
+
+    def evaluation_batches(self, limit: int | None) -> Iterator[MicroBatch]:
+        """The same validation batches every time: fixed plan, first-window crops, fixed masks."""
+        rng = np.random.default_rng([self.seed, self.stream, EVAL_EPOCH])
+        plan = self.planner.plan(self.proteins.lengths, rng)
+        for indices in plan[:limit]:
+            yield self.make_batch(indices, EVAL_EPOCH, train=False)

@@ -1,0 +1,136 @@
+"""The Objective contract: what a pretraining objective plugin implements.
+
+An objective is written once and runs on every backend:
+
+* the *example side* is numpy only: from one tokenized protein it makes the arrays the model is fed
+  (encoder input, decoder input and targets, per-position targets, loss weights);
+* the *loss side* is written against an array namespace ``xp`` (the Python array API: ``jax.numpy``
+  natively, torch through ``array_api_compat``), so each backend's own autodiff differentiates it;
+* it *declares* what it needs from the model (:class:`ModelNeeds`); the backend builds those heads.
+
+The loss returns a **sum**, and :meth:`Objective.weight` says from the numpy batch what that sum is
+over (e.g. the number of target tokens). Knowing the weight before the backward pass lets gradient
+accumulation, multi-objective mixing and multi-device averaging normalise exactly.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+from plmforge.core.strict import StrictModel
+from plmforge.core.vocab import Vocab
+
+Array = Any  # an array of the backend's framework (torch.Tensor, jax.Array)
+
+#: Inputs every backend understands. Other features are passed through to the loss untouched.
+ENCODER_INPUT = "encoder_input_ids"
+DECODER_INPUT = "decoder_input_ids"
+
+#: Output names a backend provides when asked through :class:`ModelNeeds`.
+DECODER_LOGITS = "decoder_logits"
+ENCODER_LOGITS = "encoder_logits"
+
+
+class ObjectiveConfig(StrictModel):
+    """Base class of an objective's options. Subclass it and give every field a description."""
+
+
+@dataclass(frozen=True)
+class Feature:
+    """One array of an example, declared so batches can be padded and checked without running code.
+
+    ``length`` names the padded axis the feature shares: ``"encoder"`` (same length as
+    ``encoder_input_ids``), ``"decoder"`` (same as ``decoder_input_ids``), or ``None`` for one value
+    per example. ``trailing`` gives fixed extra dimensions (e.g. ``(20,)`` for a profile).
+    """
+
+    dtype: str
+    length: Literal["encoder", "decoder"] | None
+    pad_value: int | float = 0
+    trailing: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class ModelNeeds:
+    """What an objective needs the model to compute.
+
+    ``decoder_lm`` gives ``outputs["decoder_logits"]`` [B, Ld, V] (needs ``decoder_input_ids``),
+    ``encoder_lm`` gives ``outputs["encoder_logits"]`` [B, Le, V], and each entry of
+    ``per_residue_heads`` (name -> width) gives ``outputs[name]`` [B, Le, width] from a linear head
+    over the encoder. Objectives that name the same head share it.
+    """
+
+    decoder_lm: bool = False
+    encoder_lm: bool = False
+    per_residue_heads: Mapping[str, int] = field(default_factory=dict)
+
+    def output_names(self) -> tuple[str, ...]:
+        names = [DECODER_LOGITS] if self.decoder_lm else []
+        names += [ENCODER_LOGITS] if self.encoder_lm else []
+        return (*names, *self.per_residue_heads)
+
+
+@dataclass(frozen=True)
+class Protein:
+    """One protein as an objective sees it: residue ids (no ``</s>``), already cropped."""
+
+    tokens: np.ndarray
+    name: str = ""
+    extras: Mapping[str, np.ndarray] = field(default_factory=dict)
+
+
+@dataclass
+class LossOutput:
+    """A summed loss plus metrics as (sum, count) pairs, all arrays of the backend.
+
+    Metrics are sums so they average exactly over batches and devices: the logged value is
+    ``sum / count``.
+    """
+
+    loss: Array
+    metrics: dict[str, tuple[Array, Array]] = field(default_factory=dict)
+
+
+class Objective(ABC):
+    """Base class of objective plugins. Register a subclass under the ``plmforge.objectives`` entry point."""
+
+    #: The pydantic model of this objective's options (validated from its spec entry).
+    Config: ClassVar[type[ObjectiveConfig]] = ObjectiveConfig
+
+    def __init__(self, config: ObjectiveConfig, vocab: Vocab):
+        self.config = config
+        self.vocab = vocab
+
+    @classmethod
+    def special_tokens(cls, config: ObjectiveConfig) -> tuple[str, ...]:
+        """Extra vocabulary tokens this objective uses (e.g. ``("[NLU]",)``); known before the vocab exists."""
+        return ()
+
+    @abstractmethod
+    def needs(self) -> ModelNeeds:
+        """The model outputs the loss reads."""
+
+    @abstractmethod
+    def features(self) -> dict[str, Feature]:
+        """Every array :meth:`make_example` returns, with dtype and padded axis."""
+
+    @abstractmethod
+    def make_example(self, protein: Protein, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        """Numpy arrays for one protein; all randomness comes from ``rng`` (derived from seed/epoch/index)."""
+
+    @abstractmethod
+    def weight(self, batch: Mapping[str, np.ndarray]) -> float:
+        """What the loss sum of this numpy batch is over (e.g. the count of target tokens)."""
+
+    @abstractmethod
+    def loss(self, outputs: Mapping[str, Array], batch: Mapping[str, Array], xp: Any) -> LossOutput:
+        """The summed loss and metrics, written only with the array namespace ``xp``."""
+
+    def eval_metrics(self) -> tuple[str, ...]:
+        """Metric names worth showing in summaries (all returned metrics are logged anyway)."""
+        return ()
+
