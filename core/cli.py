@@ -129,11 +129,12 @@ def plugins(load: bool, as_json: bool) -> None:
 
 @main.command()
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write to a file.")
-def schema(output: Path | None) -> None:
+@click.option("--markdown", is_flag=True, help="The human-readable spec reference instead of JSON Schema.")
+def schema(output: Path | None, markdown: bool) -> None:
     """Print the JSON Schema of spec files, including every installed plugin's options."""
-    from plmforge.core.schema import spec_json_schema
+    from plmforge.core.schema import spec_json_schema, spec_reference_markdown
 
-    text = json.dumps(spec_json_schema(), indent=2)
+    text = spec_reference_markdown().rstrip("\n") if markdown else json.dumps(spec_json_schema(), indent=2)
     if output:
         output.write_text(text + "\n")
         click.echo(f"wrote {output}")

@@ -262,3 +262,22 @@ def test_our_weights_load_into_hugging_face(feed_forward_proj, tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(ours.config.hf_config(VOCAB)))
     loaded = transformers.T5ForConditionalGeneration.from_pretrained(tmp_path).eval()
     assert_same_outputs(loaded, ours)
+
+
+def test_learned_mask_attention_path_equals_sdpa():
+    """The CPU training path for attention with a differentiable bias matches PyTorch's SDPA."""
+    from plmforge.plugins.backends.torch.model import _attention_with_learned_mask
+
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(3, 2, 17, 8, requires_grad=True) for _ in range(3))
+    bias = torch.randn(1, 2, 17, 17, requires_grad=True)
+    keep = torch.ones(3, 17, dtype=torch.bool)
+    keep[1, 11:] = False
+    mask = torch.where(keep[:, None, None, :], bias, torch.finfo(torch.float32).min)
+    ours = _attention_with_learned_mask(q, k, v, mask, dropout=0.0)
+    reference = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0)
+    torch.testing.assert_close(ours, reference, atol=1e-6, rtol=1e-5)
+    grads = torch.autograd.grad(ours.square().sum(), (q, k, v, bias), retain_graph=True)
+    expected = torch.autograd.grad(reference.square().sum(), (q, k, v, bias))
+    for got, want in zip(grads, expected):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)

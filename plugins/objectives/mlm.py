@@ -15,10 +15,10 @@ so very long crops at high rates are capped (the logged ``mask_rate`` shows the 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
 from plmforge.core import losses
 from plmforge.core.objective import (
@@ -36,10 +36,11 @@ from plmforge.core.vocab import NUM_SENTINELS
 
 TARGET = "decoder_target_ids"
 PROBABILITY_INDEX = "mask_probability_index"
+Probability = Annotated[float, Field(gt=0.0, lt=1.0)]
 
 
 class MaskedLMConfig(ObjectiveConfig):
-    probabilities: list[float] = Field(
+    probabilities: list[Probability] = Field(
         default_factory=lambda: [0.15, 0.2, 0.3],
         min_length=1,
         description="Masking probabilities; each example draws one (Ankh3 multiple masking probabilities).",
@@ -51,14 +52,6 @@ class MaskedLMConfig(ObjectiveConfig):
         description="1 = Ankh 1-gram demasking (each masked residue its own sentinel); >1 = T5 span corruption.")
     prefix: str | None = Field(
         None, description="Task prefix token put before the protein on the encoder input, e.g. '[NLU]' (Ankh3).")
-
-    @field_validator("probabilities")
-    @classmethod
-    def _in_unit_interval(cls, values: list[float]) -> list[float]:
-        for i, p in enumerate(values):
-            if not 0.0 < p < 1.0:
-                raise ValueError(f"probability [{i}] = {p} must be between 0 and 1 (exclusive)")
-        return values
 
     @model_validator(mode="after")
     def _weights_match(self) -> MaskedLMConfig:

@@ -113,9 +113,28 @@ class Attention(nn.Module):
         q = self.q(x).view(batch, q_len, self.num_heads, self.d_kv).transpose(1, 2)
         k = self.k(context).view(batch, k_len, self.num_heads, self.d_kv).transpose(1, 2)
         v = self.v(context).view(batch, k_len, self.num_heads, self.d_kv).transpose(1, 2)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask.to(q.dtype),
-                                             dropout_p=self.dropout if self.training else 0.0, scale=1.0)
+        dropout = self.dropout if self.training else 0.0
+        mask = mask.to(q.dtype)
+        if mask.requires_grad and q.device.type == "cpu":
+            out = _attention_with_learned_mask(q, k, v, mask, dropout)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, scale=1.0)
         return self.o(out.transpose(1, 2).reshape(batch, q_len, self.num_heads * self.d_kv))
+
+
+def _attention_with_learned_mask(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor,
+                                 dropout: float) -> torch.Tensor:
+    """Attention whose additive mask (the position bias) needs a gradient, on CPU.
+
+    PyTorch's CPU flash kernel cannot differentiate the mask, so SDPA falls back to its math path,
+    whose NaN-safe softmax costs about a tenth of a training step in extra passes. Our masks are
+    finite (finfo.min, never -inf), so a plain softmax is safe and equal.
+    """
+    scores = torch.matmul(q, k.transpose(-1, -2)) + mask
+    probs = torch.softmax(scores, dim=-1)
+    if dropout > 0.0:
+        probs = F.dropout(probs, p=dropout, training=True)
+    return torch.matmul(probs, v)
 
 
 class SelfAttentionLayer(nn.Module):
