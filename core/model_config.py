@@ -37,10 +37,12 @@ class ModelConfig(StrictModel):
     d_kv: int = Field(32, gt=0, description="Size of each attention head.")
     d_ff: int = Field(320, gt=0, description="Inner size of the gated feed-forward block.")
     feed_forward_proj: Literal["gated-gelu", "gated-silu"] = Field(
-        "gated-gelu", description="Gated feed-forward activation: Ankh uses gated-gelu (tanh GELU), Ankh2/3 gated-silu.")
+        "gated-gelu",
+        description="Gated feed-forward activation: Ankh uses gated-gelu (tanh GELU), Ankh2/3 gated-silu.")
     relative_attention_num_buckets: int = Field(64, gt=0, description="Relative position buckets (Ankh: 64).")
     relative_attention_max_distance: int = Field(128, gt=0, description="Largest distinguished distance (Ankh: 128).")
-    dropout_rate: float = Field(0.1, ge=0.0, lt=1.0, description="Dropout in attention, feed-forward and residual paths.")
+    dropout_rate: float = Field(
+        0.1, ge=0.0, lt=1.0, description="Dropout in attention, feed-forward and residual paths.")
     layer_norm_epsilon: float = Field(1e-6, gt=0.0, description="RMSNorm epsilon.")
     initializer_factor: float = Field(1.0, gt=0.0, description="Scale of the T5 weight initialisation.")
     gradient_checkpointing: bool = Field(

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 import numpy as np
+
 from plmforge.core.strict import StrictModel
 from plmforge.core.vocab import Vocab
 

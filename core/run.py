@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from plmforge.core import __version__, checkpoint
-from plmforge.core.backend import Backend, BackendContext, MicroBatch, ObjectiveSlot
+from plmforge.core.backend import Backend, BackendContext, ObjectiveSlot
 from plmforge.core.data.batching import BatchPlanner
 from plmforge.core.data.stream import ExampleStream
 from plmforge.core.errors import CheckpointError, PlmforgeError
@@ -207,6 +207,7 @@ class Trainer:
                     last = step == training.steps
                     if step % training.log_every == 0 or last:
                         metrics = self._close_window(window, lr)
+                        metrics["train/cropped_proteins"] = float(sum(s.cropped for s in train_streams.values()))
                         window = MetricWindow()
                         result.train_metrics = metrics
                         result.history.append((step, metrics))
@@ -235,8 +236,6 @@ class Trainer:
             result.status = status
             if status == "finished" and result.checkpoint is not None and spec.tracking.log_checkpoint:
                 tracker.log_artifact(result.checkpoint, "checkpoint")
-            if status == "finished":
-                tracker.log_artifact(self.output_dir / "spec.yaml")
             summary = {"step": result.step, "train": result.train_metrics, "eval": result.eval_metrics,
                        "checkpoint": str(result.checkpoint) if result.checkpoint else None}
             pm.hook.plmforge_run_end(run=info, status=status, summary=summary)

@@ -104,8 +104,8 @@ def _field_rows(model: type, prefix: str) -> list[str]:
 
 def spec_reference_markdown(registry: Registry | None = None) -> str:
     """The spec reference (docs/spec-reference.md), generated from the field descriptions."""
+    from plmforge.core.model_config import PRESETS, ModelConfig
     from plmforge.core.spec import DataConfig, TrackingConfig, TrainingConfig
-    from plmforge.core.model_config import ModelConfig, PRESETS
 
     registry = registry or Registry()
     header = "| key | type | default | description |\n|---|---|---|---|"

@@ -139,7 +139,7 @@ class Tracker:
             kind, payload = self._queue.get()
             if kind == "end":
                 if self.failure is None:
-                    self._call(lambda: self._client.set_terminated(self.run_id, status=payload))
+                    self._call(self._client.set_terminated, self.run_id, status=payload)
                 return
             if self.failure is not None:
                 continue  # drain without sending: the server is gone
@@ -153,29 +153,29 @@ class Tracker:
                     entries.append(self._queue.get()[1])
                 metrics = [Metric(k, float(v), ts, step) for values, step, ts in entries for k, v in values.items()]
                 for i in range(0, len(metrics), _MAX_BATCH):
-                    self._call(lambda chunk=metrics[i:i + _MAX_BATCH]: self._client.log_batch(self.run_id, metrics=chunk))
+                    self._call(self._client.log_batch, self.run_id, metrics=metrics[i:i + _MAX_BATCH])
             elif kind == "params":
                 params = [Param(k, v) for k, v in payload.items()]
                 for i in range(0, len(params), 100):
-                    self._call(lambda chunk=params[i:i + 100]: self._client.log_batch(self.run_id, params=chunk))
+                    self._call(self._client.log_batch, self.run_id, params=params[i:i + 100])
             elif kind == "tags":
                 tags = [RunTag(k, v) for k, v in payload.items()]
-                self._call(lambda: self._client.log_batch(self.run_id, tags=tags))
+                self._call(self._client.log_batch, self.run_id, tags=tags)
             elif kind == "artifact":
                 path, artifact_path = payload
                 if path.is_dir():
-                    self._call(lambda: self._client.log_artifacts(self.run_id, str(path), artifact_path))
+                    self._call(self._client.log_artifacts, self.run_id, str(path), artifact_path)
                 else:
-                    self._call(lambda: self._client.log_artifact(self.run_id, str(path), artifact_path))
+                    self._call(self._client.log_artifact, self.run_id, str(path), artifact_path)
             elif kind == "text":
                 text, artifact_file = payload
-                self._call(lambda: self._client.log_text(self.run_id, text, artifact_file))
+                self._call(self._client.log_text, self.run_id, text, artifact_file)
 
-    def _call(self, fn: Callable[[], Any]) -> None:
+    def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
         if self.failure is not None:
             return
         try:
-            fn()
+            fn(*args, **kwargs)
         except Exception as exc:  # noqa: BLE001 - tracking must not stop training
             self._fail(f"MLflow logging to {self.tracking_uri} failed ({type(exc).__name__}: "
                        f"{str(exc).splitlines()[0] if str(exc) else ''}); training goes on, checkpoints stay local")

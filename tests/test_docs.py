@@ -6,8 +6,8 @@ import re
 from pathlib import Path
 
 import pytest
-
 from helpers import tiny_spec_dict
+
 from plmforge.core.run import train
 from plmforge.core.spec import validate_spec
 
@@ -21,7 +21,7 @@ def readme_commands() -> list[str]:
 
 
 def test_readme_starts_with_the_two_commands_and_ci_runs_the_test_one():
-    assert (REPO / "README.md").read_text().splitlines()[2].startswith("# 1. Set up")
+    assert (REPO / "README.md").read_text().splitlines()[3].startswith("# 1. Set up")
     setup_and_train, setup_and_test = readme_commands()
     assert setup_and_train.endswith("plmforge train specs/quickstart.yaml")
     assert "torch==2.13.0" in setup_and_train and "torch==2.13.0" in setup_and_test

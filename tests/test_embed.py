@@ -7,9 +7,9 @@ import sys
 
 import numpy as np
 import pytest
+from helpers import tiny_spec_dict
 from safetensors.numpy import load_file
 
-from helpers import tiny_spec_dict
 from plmforge.core.data.sources import load_builtin
 from plmforge.core.embedding import embed_sequences, load_model
 from plmforge.core.run import train

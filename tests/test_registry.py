@@ -8,11 +8,11 @@ import subprocess
 import sys
 
 import pytest
+from helpers import tiny_spec_dict
 
 from plmforge.core.errors import PluginError, SpecError
 from plmforge.core.registry import Registry
 from plmforge.core.spec import validate_spec
-from helpers import tiny_spec_dict
 
 BROKEN = {"plmforge.objectives": {"brokenobj": "broken_objective_mod:Broken"}}
 BROKEN_SOURCE = {"broken_objective_mod": "raise ImportError('needs the missing package frobnicate')\n"}

@@ -4,6 +4,8 @@ and a tracking server that dies mid-run."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -12,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from helpers import tiny_spec_dict
+
 from plmforge.core import checkpoint
 from plmforge.core.errors import CheckpointError, PlmforgeError
 from plmforge.core.hookspecs import hookimpl
@@ -166,9 +168,17 @@ class KillServerAt:
     @hookimpl
     def plmforge_step_end(self, run, step, metrics):
         if step == self.step:
-            self.process.kill()
-            self.process.wait()
+            _kill_group(self.process)
             time.sleep(0.5)
+
+
+def _kill_group(process: subprocess.Popen) -> None:
+    """`mlflow server` serves from worker processes: end the whole process group, not just the parent."""
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    process.wait()
 
 
 def test_tracking_server_dying_mid_run_does_not_stop_training(tmp_path, tiny_spec, monkeypatch):
@@ -191,8 +201,7 @@ def test_tracking_server_dying_mid_run_does_not_stop_training(tmp_path, tiny_spe
         monkeypatch.setattr(progress, "warn", lambda message, console=None: warnings.append(message))
         result = train(spec, hooks=[KillServerAt(server, 2)], show_progress=False)
     finally:
-        server.kill()
-        server.wait()
+        _kill_group(server)
     assert result.status == "finished" and result.step == 6
     assert result.tracking_run_id is not None and result.tracking_failure
     assert len(warnings) == 1 and "training goes on" in warnings[0]
@@ -220,3 +229,33 @@ def test_tracking_unreachable_from_the_start_warns_and_trains(tmp_path, tiny_spe
     result = train(tiny_spec(raw), show_progress=False)
     assert result.status == "finished" and result.tracking_run_id is None
     assert "cannot start an MLflow run" in result.tracking_failure
+
+
+def test_fasta_source_with_bad_records_trains_and_logs_counts(tmp_path, tiny_spec):
+    """A gzipped FASTA with lowercase, an empty record and an invalid letter, in skip mode."""
+    import gzip
+
+    import mlflow
+
+    from plmforge.core.data.sources import load_builtin
+
+    test = load_builtin("scl2205")["test"]
+    records = [f">{test.name(i)}\n{test.sequence(i).lower()}\n" for i in range(300)]
+    records += [">empty\n\n", ">bad\nMKV1LLA\n"]
+    path = tmp_path / "proteins.fasta.gz"
+    with gzip.open(path, "wt") as handle:
+        handle.write("".join(records))
+    raw = tiny_spec_dict(tmp_path, steps=2, eval_every=2, checkpoint_every=2)
+    raw["data"] = {"source": str(path), "on_invalid": "skip", "validation_fraction": 0.1, "max_length": 64}
+    result = train(tiny_spec(raw), show_progress=False)
+    report = result.data_report
+    assert report["source.records_read"] == 302 and report["source.skipped_empty"] == 1
+    assert report["source.skipped_invalid"] == 1 and report["source.records_kept"] == 300
+    assert report["train.proteins"] + report["validation.proteins"] == 300
+    assert 10 < report["validation.proteins"] < 60
+    run = mlflow.tracking.MlflowClient(raw["tracking"]["tracking_uri"]).get_run(result.tracking_run_id)
+    assert run.data.tags["plmforge.data.source.skipped_invalid"] == "1"
+    raw["data"]["on_invalid"] = "error"
+    raw["output_dir"] = str(tmp_path / "strict")
+    with pytest.raises(PlmforgeError, match=r"proteins\.fasta\.gz:\d+: record 'bad'.*'1'"):
+        train(tiny_spec(raw), show_progress=False)

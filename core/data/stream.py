@@ -41,7 +41,7 @@ class ExampleStream:
     stream: int = 0
     epoch: int = 0
     position: int = 0
-    cropped: int = field(default=0, init=False)
+    cropped: int = field(default=0, init=False)  # training proteins cut to max_length so far
     _plan: list[np.ndarray] | None = field(default=None, init=False, repr=False)
     _plan_epoch: int = field(default=-1, init=False, repr=False)
 
@@ -76,10 +76,11 @@ class ExampleStream:
         return MicroBatch(arrays=arrays, weight=self.objective.weight(arrays), residues=residues)
 
     def state(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "position": self.position}
+        return {"epoch": self.epoch, "position": self.position, "cropped": self.cropped}
 
     def load_state(self, state: dict[str, int]) -> None:
         self.epoch, self.position = int(state["epoch"]), int(state["position"])
+        self.cropped = int(state.get("cropped", 0))
 
     def evaluation_batches(self, limit: int | None) -> Iterator[MicroBatch]:
         """The same validation batches every time: fixed plan, first-window crops, fixed masks."""
