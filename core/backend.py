@@ -60,6 +60,15 @@ class MicroBatch:
 StepMetrics = dict[str, tuple[Array, Array]]
 
 
+def add_metric(sums: dict[str, tuple[Array, Array]], name: str, value: Any, count: Any) -> None:
+    """Add a (sum, count) pair into ``sums`` in place; works for floats and any backend's arrays."""
+    if name in sums:
+        total, seen = sums[name]
+        sums[name] = (total + value, seen + count)
+    else:
+        sums[name] = (value, count)
+
+
 class Backend(ABC):
     """Base class of backend plugins. Register a subclass under the ``plmforge.backends`` entry point.
 

@@ -31,7 +31,6 @@ def load_model(checkpoint_path: Path, backend_name: str | None = None,
         raise PlmforgeError(f"{checkpoint_path}: not a plmforge checkpoint directory (no {ckpt.SPEC})")
     raw = yaml.safe_load(spec_file.read_text())
     if backend_name:
-        raw.setdefault("backend", {})
         raw["backend"] = {"name": backend_name}
     registry = registry or Registry()
     spec = validate_spec(raw, source=str(spec_file), registry=registry)

@@ -41,6 +41,7 @@ class PluginInfo:
     disabled: bool = False
     error: str | None = None
     loaded: Any = None
+    entry_point: metadata.EntryPoint | None = field(default=None, repr=False)
 
     @property
     def status(self) -> str:
@@ -92,7 +93,7 @@ class Registry:
                         existing.claimants.append(dist)
                     continue
                 self._plugins[kind][ep.name] = PluginInfo(
-                    kind=kind, name=ep.name, value=ep.value, distribution=dist, version=version,
+                    kind=kind, name=ep.name, value=ep.value, distribution=dist, version=version, entry_point=ep,
                     disabled=ep.name in disabled or f"{kind}:{ep.name}" in disabled,
                 )
 
@@ -130,7 +131,7 @@ class Registry:
         if info.error is not None:
             raise PluginError(info.error)
         try:
-            obj = _load_entry_point(GROUPS[kind], name, info.value)
+            obj = info.entry_point.load()
         except Exception as exc:  # noqa: BLE001 - any import failure is the plugin's, isolate it
             info.error = (f"{kind} plugin {name!r} from {info.distribution} {info.version} failed to load "
                           f"({info.value}): {type(exc).__name__}: {exc}")
@@ -153,9 +154,3 @@ class Registry:
                     pass
         return self.infos(kind)
 
-
-def _load_entry_point(group: str, name: str, value: str) -> Any:
-    for ep in metadata.entry_points(group=group, name=name):
-        if ep.value == value:
-            return ep.load()
-    raise PluginError(f"entry point {group}:{name} disappeared while loading")

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from plmforge.core import __version__, checkpoint
-from plmforge.core.backend import Backend, BackendContext, ObjectiveSlot
+from plmforge.core.backend import Backend, BackendContext, ObjectiveSlot, add_metric
 from plmforge.core.data.batching import BatchPlanner
 from plmforge.core.data.stream import ExampleStream
 from plmforge.core.errors import CheckpointError, PlmforgeError
@@ -97,18 +97,14 @@ class MetricWindow:
     """Sums (value, count) pairs on the device across steps; converts to floats only when asked."""
 
     def __init__(self) -> None:
-        self._sums: dict[str, list[Any]] = {}
+        self._sums: dict[str, tuple[Any, Any]] = {}
         self.steps = 0
         self.residues = 0
         self.started = time.perf_counter()
 
     def add(self, metrics: Mapping[str, tuple[Any, Any]]) -> None:
         for name, (value, count) in metrics.items():
-            if name in self._sums:
-                self._sums[name][0] = self._sums[name][0] + value
-                self._sums[name][1] = self._sums[name][1] + count
-            else:
-                self._sums[name] = [value, count]
+            add_metric(self._sums, name, value, count)
 
     def averages(self) -> dict[str, float]:
         out = {}

@@ -78,13 +78,16 @@ def _type_name(annotation: Any) -> str:
     return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
 
 
-def _field_rows(model: type, prefix: str) -> list[str]:
+def _field_rows(model: type, prefix: str, only: tuple[str, ...] | None = None) -> list[str]:
+    """Table rows for ``model``'s fields (``only`` some of them); nested sections are expanded."""
     from pydantic import BaseModel
 
     rows = []
     for name, info in model.model_fields.items():
+        if only is not None and name not in only:
+            continue
         annotation = info.annotation
-        if isinstance(annotation, type) and issubclass(annotation, BaseModel) and not name == "backend":
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
             rows += _field_rows(annotation, f"{prefix}{name}.")
             continue
         if info.is_required():
@@ -115,11 +118,10 @@ def spec_reference_markdown(registry: Registry | None = None) -> str:
            "`--set key.path=value` (list items as `objectives[0].weight=2`). Editors can complete specs from",
            "`plmforge schema > plmforge.schema.json`.", "",
            "## Top level", "", header]
-    for name in ("name", "seed", "output_dir"):
-        out += [row for row in _field_rows(Spec, "") if row.startswith(f"| `{name}`")]
-    for title, key, model in (("Data", "data", DataConfig), ("Model", "model", ModelConfig),
-                              ("Training", "training", TrainingConfig), ("Tracking", "tracking", TrackingConfig)):
-        out += ["", f"## `{key}` — {title.lower()}", ""]
+    out += _field_rows(Spec, "", only=("name", "seed", "output_dir"))
+    for key, model in (("data", DataConfig), ("model", ModelConfig), ("training", TrainingConfig),
+                       ("tracking", TrackingConfig)):
+        out += ["", f"## `{key}`", ""]
         if model is ModelConfig:
             presets = ", ".join(f"`{name}` (d_model {p['d_model']}, {p['num_layers']}+{p['num_decoder_layers']} "
                                 f"layers, {p['feed_forward_proj']})" for name, p in PRESETS.items())

@@ -145,6 +145,9 @@ def test_loss_and_metrics_against_hand_computed_values(proteins):
     assert correct == count == int(objective.vocab.is_residue(batch["decoder_target_ids"]).sum())
     per_p = sum(out.metrics[f"masked_residue_accuracy/p{p:g}"][1].item() for p in PROBABILITIES)
     assert per_p == count
+    hidden, total = (v.item() for v in out.metrics["mask_rate"])
+    visible = int(objective.vocab.is_residue(batch["encoder_input_ids"]).sum())
+    assert hidden == count and total == count + visible
 
 
 def test_config_errors_are_explicit():

@@ -66,7 +66,7 @@ class ExampleStream:
         for index in indices:
             rng = np.random.default_rng([self.seed, self.stream, epoch, int(index)])
             tokens = self.proteins.tokens(int(index))
-            if len(tokens) > self.planner.max_length:
+            if train and len(tokens) > self.planner.max_length:
                 self.cropped += 1
             tokens = crop(tokens, self.planner.max_length, rng if train else None)
             residues += len(tokens)

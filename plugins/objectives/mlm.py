@@ -155,9 +155,11 @@ class MaskedLanguageModeling(Objective):
         targets = batch[TARGET]
         nll, correct = losses.token_nll(xp, outputs[DECODER_LOGITS], targets)
         in_target = targets != self.vocab.pad_id
-        residue = (targets >= self.vocab.residue_offset) & (targets < self.vocab.residue_offset + 25)
+        residue = self.vocab.is_residue(targets)
+        hidden, visible = losses.count(xp, residue), losses.count(xp, self.vocab.is_residue(batch[ENCODER_INPUT]))
         total = losses.masked_sum(xp, nll, in_target)
         metrics = {
+            "mask_rate": (hidden, hidden + visible),  # the real rate, after the sentinel cap
             "token_accuracy": (losses.masked_sum(xp, correct, in_target), losses.count(xp, in_target)),
             "masked_residue_ce": (losses.masked_sum(xp, nll, residue), losses.count(xp, residue)),
             "masked_residue_accuracy": (losses.masked_sum(xp, correct, residue), losses.count(xp, residue)),

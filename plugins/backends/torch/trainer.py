@@ -15,8 +15,9 @@ import array_api_compat.torch as xp
 import numpy as np
 import torch
 
-from plmforge.core.backend import BackendContext, MicroBatch, StepMetrics
+from plmforge.core.backend import BackendContext, MicroBatch, StepMetrics, add_metric
 from plmforge.core.errors import CheckpointError, PlmforgeError
+from plmforge.core.objective import DECODER_INPUT, ENCODER_INPUT
 from plmforge.plugins.backends.torch.model import T5Model, init_weights
 
 #: Hugging Face checkpoints also store the tied embedding under these names; they duplicate `shared`.
@@ -74,13 +75,13 @@ class TorchTrainer:
 
     def _forward_loss(self, label: str, batch: dict[str, torch.Tensor]) -> Any:
         with self._autocast():
-            outputs = self.model(batch["encoder_input_ids"], batch.get("decoder_input_ids"),
+            outputs = self.model(batch[ENCODER_INPUT], batch.get(DECODER_INPUT),
                                  outputs=self.outputs[label])
         return self.slots[label].objective.loss(outputs, batch, xp)
 
     def train_step(self, micro_batches: Mapping[str, list[MicroBatch]], lr: float) -> StepMetrics:
         self.model.train()
-        metrics: dict[str, list[torch.Tensor]] = {}
+        metrics: StepMetrics = {}
         total = torch.zeros((), device=self.device)
         for label, batches in micro_batches.items():
             slot = self.slots[label]
@@ -92,9 +93,9 @@ class TorchTrainer:
                 scaled = out.loss * (slot.weight / weight)
                 scaled.backward()
                 total = total + scaled.detach()
-                _add(metrics, f"{label}/loss", out.loss.detach(), micro.weight)
+                add_metric(metrics, f"{label}/loss", out.loss.detach(), micro.weight)
                 for name, (value, count) in out.metrics.items():
-                    _add(metrics, f"{label}/{name}", value.detach(), count.detach())
+                    add_metric(metrics, f"{label}/{name}", value.detach(), count.detach())
         clip = self.training.max_grad_norm if self.training.max_grad_norm is not None else float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
         for group in self.optimizer.param_groups:
@@ -102,21 +103,20 @@ class TorchTrainer:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         one = torch.ones((), device=self.device)
-        result = {name: (value, count) for name, (value, count) in metrics.items()}
-        result["loss"] = (total, one)
-        result["grad_norm"] = (grad_norm.detach(), one)
-        return result
+        metrics["loss"] = (total, one)
+        metrics["grad_norm"] = (grad_norm.detach(), one)
+        return metrics
 
     @torch.inference_mode()
     def eval_step(self, batches: Mapping[str, MicroBatch]) -> StepMetrics:
         self.model.eval()
-        metrics: dict[str, list[torch.Tensor]] = {}
+        metrics: StepMetrics = {}
         for label, micro in batches.items():
             out = self._forward_loss(label, self._to_device(micro.arrays))
-            _add(metrics, f"{label}/loss", out.loss, micro.weight)
+            add_metric(metrics, f"{label}/loss", out.loss, micro.weight)
             for name, (value, count) in out.metrics.items():
-                _add(metrics, f"{label}/{name}", value, count)
-        return {name: (value, count) for name, (value, count) in metrics.items()}
+                add_metric(metrics, f"{label}/{name}", value, count)
+        return metrics
 
     @torch.inference_mode()
     def embed(self, input_ids: np.ndarray) -> np.ndarray:
@@ -198,14 +198,6 @@ class TorchTrainer:
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.model.parameters())
-
-
-def _add(metrics: dict[str, list], name: str, value: Any, count: Any) -> None:
-    if name in metrics:
-        metrics[name][0] = metrics[name][0] + value
-        metrics[name][1] = metrics[name][1] + count
-    else:
-        metrics[name] = [value, count]
 
 
 def _few(names: list[str]) -> str:
