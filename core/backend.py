@@ -69,6 +69,40 @@ def add_metric(sums: dict[str, tuple[Array, Array]], name: str, value: Any, coun
         sums[name] = (value, count)
 
 
+#: Hugging Face checkpoints also store the tied input embedding under these names; they duplicate ``shared``.
+TIED_ALIASES = ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight")
+
+
+def fit_weights(expected: Mapping[str, tuple[int, ...]], weights: Mapping[str, np.ndarray],
+                strict: bool = True) -> dict[str, np.ndarray]:
+    """The entries of ``weights`` the model has, checked against its ``expected`` name -> shape.
+
+    Shape mismatches are always errors; missing or unexpected names are errors when ``strict``.
+    Every backend loads through this, so they accept and refuse exactly the same checkpoints.
+    """
+    from plmforge.core.errors import CheckpointError
+
+    given = {k: np.asarray(v) for k, v in weights.items() if k not in TIED_ALIASES}
+    missing = sorted(set(expected) - set(given))
+    unexpected = sorted(set(given) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(given) if tuple(expected[k]) != tuple(given[k].shape))
+    if wrong or (strict and (missing or unexpected)):
+        details = []
+        if missing:
+            details.append(f"missing {_few(missing)}")
+        if unexpected:
+            details.append(f"unexpected {_few(unexpected)}")
+        if wrong:
+            details.append("shape mismatch " + ", ".join(
+                f"{k} {tuple(given[k].shape)} vs model {tuple(expected[k])}" for k in wrong[:3]))
+        raise CheckpointError("weights do not fit the model: " + "; ".join(details))
+    return {k: v for k, v in given.items() if k in expected}
+
+
+def _few(names: list[str]) -> str:
+    return ", ".join(names[:4]) + (f" (+{len(names) - 4} more)" if len(names) > 4 else "")
+
+
 class Backend(ABC):
     """Base class of backend plugins. Register a subclass under the ``plmforge.backends`` entry point.
 
@@ -125,3 +159,61 @@ class Backend(ABC):
 
     def num_parameters(self) -> int:
         return int(sum(a.size for a in self.weights().values()))
+
+    def is_main_process(self) -> bool:
+        """False on all but one process of a multi-process run; only the main one writes files and logs."""
+        return True
+
+    def counters(self) -> dict[str, float]:
+        """Running totals worth logging with training metrics (e.g. ``compilations`` of a compiled backend)."""
+        return {}
+
+
+class LazyBackend(Backend):
+    """A backend whose framework code lives in a module imported only at :meth:`setup`.
+
+    Set ``implementation = "package.module:Class"``; that class takes ``(config, context)`` and has
+    the Backend methods (besides ``setup``). This keeps the plugin's entry-point module free of heavy
+    imports, so listing plugins and validating specs stay fast.
+    """
+
+    implementation: ClassVar[str]
+
+    def setup(self) -> None:
+        import importlib
+
+        module, _, name = self.implementation.partition(":")
+        self._impl = getattr(importlib.import_module(module), name)(self.config, self.context)
+
+    def train_step(self, micro_batches: Mapping[str, list[MicroBatch]], lr: float) -> StepMetrics:
+        return self._impl.train_step(micro_batches, lr)
+
+    def eval_step(self, batches: Mapping[str, MicroBatch]) -> StepMetrics:
+        return self._impl.eval_step(batches)
+
+    def embed(self, input_ids: np.ndarray) -> np.ndarray:
+        return self._impl.embed(input_ids)
+
+    def weights(self) -> dict[str, np.ndarray]:
+        return self._impl.weights()
+
+    def load_weights(self, weights: Mapping[str, np.ndarray], strict: bool = True) -> None:
+        self._impl.load_weights(weights, strict)
+
+    def training_state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        return self._impl.training_state()
+
+    def load_training_state(self, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> None:
+        self._impl.load_training_state(arrays, meta)
+
+    def describe(self) -> dict[str, str]:
+        return self._impl.describe()
+
+    def num_parameters(self) -> int:
+        return self._impl.num_parameters()
+
+    def counters(self) -> dict[str, float]:
+        return self._impl.counters() if hasattr(self._impl, "counters") else {}
+
+    def is_main_process(self) -> bool:
+        return self._impl.is_main_process() if hasattr(self._impl, "is_main_process") else True

@@ -55,6 +55,10 @@ def checkpoint_root(output_dir: Path) -> Path:
     return Path(output_dir) / "checkpoints"
 
 
+def checkpoint_path(output_dir: Path, step: int) -> Path:
+    return checkpoint_root(output_dir) / f"step-{step:06d}"
+
+
 def list_checkpoints(output_dir: Path) -> list[Path]:
     """Complete checkpoints, oldest first (temporary directories are ignored)."""
     root = checkpoint_root(output_dir)
@@ -83,7 +87,8 @@ def _fsync_dir(path: Path) -> None:
 
 
 def _contiguous(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    return {k: np.ascontiguousarray(v) for k, v in arrays.items()}
+    # reshape: np.ascontiguousarray turns a 0-d array (an optimizer step count) into shape (1,)
+    return {k: np.ascontiguousarray(v).reshape(np.shape(v)) for k, v in arrays.items()}
 
 
 def save_checkpoint(output_dir: Path, step: int, weights: dict[str, np.ndarray], model_config: dict[str, Any],
@@ -92,7 +97,7 @@ def save_checkpoint(output_dir: Path, step: int, weights: dict[str, np.ndarray],
     """Write a checkpoint atomically and prune older ones beyond ``keep``; returns its path."""
     root = checkpoint_root(output_dir)
     root.mkdir(parents=True, exist_ok=True)
-    final = root / f"step-{step:06d}"
+    final = checkpoint_path(output_dir, step)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-step-{step:06d}-", dir=root))
     try:
         save_file(_contiguous(weights), str(tmp / WEIGHTS), metadata={"format": "pt"})

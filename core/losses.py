@@ -23,10 +23,15 @@ def token_nll(xp: Any, logits: Array, targets: Array) -> tuple[Array, Array]:
     ``logits`` [..., V], ``targets`` [...] of integer ids (any value where masked out later).
     """
     logp = log_softmax(xp, logits)
-    safe_targets = xp.astype(xp.clip(targets, 0, logits.shape[-1] - 1), xp.int64)
+    safe_targets = xp.astype(xp.clip(targets, 0, logits.shape[-1] - 1), index_dtype(xp))
     picked = xp.take_along_axis(logp, safe_targets[..., None], axis=-1)[..., 0]
     correct = xp.argmax(logp, axis=-1) == safe_targets
     return -picked, correct
+
+
+def index_dtype(xp: Any) -> Any:
+    """The namespace's integer type for indexing: int64 in torch, int32 in JAX without x64."""
+    return xp.__array_namespace_info__().default_dtypes()["indexing"]
 
 
 def masked_sum(xp: Any, values: Array, mask: Array) -> Array:

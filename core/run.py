@@ -164,7 +164,8 @@ class Trainer:
 
         self.output_dir.mkdir(parents=True, exist_ok=True)
         (self.output_dir / "spec.yaml").write_text(spec.to_yaml())
-        tracker = Tracker(spec.tracking.enabled, spec.tracking.tracking_uri, spec.tracking.experiment,
+        main = backend.is_main_process()  # multi-process runs: one process writes files and logs
+        tracker = Tracker(spec.tracking.enabled and main, spec.tracking.tracking_uri, spec.tracking.experiment,
                           spec.tracking.run_name or spec.name, warn=self._warn)
         run_id = tracker.start(resume_run_id=state.get("tracking_run_id"))
         info = RunInfo(spec=spec, output_dir=self.output_dir, tracking_run_id=run_id)
@@ -204,6 +205,7 @@ class Trainer:
                     if step % training.log_every == 0 or last:
                         metrics = self._close_window(window, lr)
                         metrics["train/cropped_proteins"] = float(sum(s.cropped for s in train_streams.values()))
+                        metrics.update({f"backend/{k}": v for k, v in backend.counters().items()})
                         window = MetricWindow()
                         result.train_metrics = metrics
                         result.history.append((step, metrics))
@@ -233,6 +235,7 @@ class Trainer:
             if status == "finished" and result.checkpoint is not None and spec.tracking.log_checkpoint:
                 tracker.log_artifact(result.checkpoint, "checkpoint")
             summary = {"step": result.step, "train": result.train_metrics, "eval": result.eval_metrics,
+                       "backend": backend.counters(),
                        "checkpoint": str(result.checkpoint) if result.checkpoint else None}
             pm.hook.plmforge_run_end(run=info, status=status, summary=summary)
             tracker.end({"finished": "FINISHED", "interrupted": "KILLED"}.get(status, "FAILED"))
@@ -273,8 +276,11 @@ class Trainer:
             "metrics": {**result.train_metrics, **result.eval_metrics},
             "plmforge_version": __version__,
         }
+        weights = backend.weights()  # a collective in multi-process runs: every process takes part
+        if not backend.is_main_process():
+            return checkpoint.checkpoint_path(self.output_dir, step)
         return checkpoint.save_checkpoint(
-            self.output_dir, step, backend.weights(), self.spec.model.hf_config(len(vocab)), arrays, state,
+            self.output_dir, step, weights, self.spec.model.hf_config(len(vocab)), arrays, state,
             self.spec.to_yaml(), keep=self.spec.training.keep_checkpoints)
 
     def _tags(self, backend: Backend, slots: list[ObjectiveSlot], report: Mapping[str, int]) -> dict[str, Any]:

@@ -41,10 +41,13 @@ def losses(result) -> dict[int, float]:
     return {step: metrics["train/loss"] for step, metrics in result.history}
 
 
+@pytest.mark.parametrize("backend", ["torch", "jax"])
 @pytest.mark.parametrize("optimizer", ["adamw", "adafactor"])
-def test_resumed_run_matches_uninterrupted_run(tmp_path, optimizer):
+def test_resumed_run_matches_uninterrupted_run(tmp_path, optimizer, backend):
+    pytest.importorskip(backend)
     common = dict(steps=8, checkpoint_every=100, eval_every=100, optimizer={"name": optimizer, "lr": 3e-3})
     raw = tiny_spec_dict(tmp_path, **common)
+    raw["backend"] = {"name": backend}
     raw["model"]["dropout_rate"] = 0.1  # dropout RNG must be restored too
     raw["tracking"]["enabled"] = False
     straight = train(validate_spec({**raw, "output_dir": str(tmp_path / "straight")}), show_progress=False)

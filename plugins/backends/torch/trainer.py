@@ -15,13 +15,10 @@ import array_api_compat.torch as xp
 import numpy as np
 import torch
 
-from plmforge.core.backend import BackendContext, MicroBatch, StepMetrics, add_metric
+from plmforge.core.backend import BackendContext, MicroBatch, StepMetrics, add_metric, fit_weights
 from plmforge.core.errors import CheckpointError, PlmforgeError
 from plmforge.core.objective import DECODER_INPUT, ENCODER_INPUT
 from plmforge.plugins.backends.torch.model import T5Model, init_weights
-
-#: Hugging Face checkpoints also store the tied embedding under these names; they duplicate `shared`.
-_TIED_ALIASES = ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -131,21 +128,8 @@ class TorchTrainer:
         return {k: v.detach().float().cpu().numpy() for k, v in self.model.state_dict().items()}
 
     def load_weights(self, weights: Mapping[str, np.ndarray], strict: bool = True) -> None:
-        tensors = {k: torch.from_numpy(np.asarray(v)) for k, v in weights.items() if k not in _TIED_ALIASES}
-        own = self.model.state_dict()
-        missing = sorted(set(own) - set(tensors))
-        unexpected = sorted(set(tensors) - set(own))
-        wrong = sorted(k for k in set(own) & set(tensors) if tuple(own[k].shape) != tuple(tensors[k].shape))
-        if wrong or (strict and (missing or unexpected)):
-            details = []
-            if missing:
-                details.append(f"missing {_few(missing)}")
-            if unexpected:
-                details.append(f"unexpected {_few(unexpected)}")
-            if wrong:
-                details.append("shape mismatch " + ", ".join(
-                    f"{k} {tuple(tensors[k].shape)} vs model {tuple(own[k].shape)}" for k in wrong[:3]))
-            raise CheckpointError("weights do not fit the model: " + "; ".join(details))
+        own = {k: tuple(v.shape) for k, v in self.model.state_dict().items()}
+        tensors = {k: torch.from_numpy(v) for k, v in fit_weights(own, weights, strict).items()}
         self.model.load_state_dict(tensors, strict=False)
 
     def training_state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
@@ -193,12 +177,12 @@ class TorchTrainer:
             torch.cuda.set_rng_state_all(cuda_states)
 
     def describe(self) -> dict[str, str]:
-        return {"device": str(self.device), "torch_version": torch.__version__,
-                "precision": self.training.precision}
+        return {"device": str(self.device), "framework": f"torch {torch.__version__}",
+                "precision": self.training.precision, "parallelism": "single process"}
+
+    def counters(self) -> dict[str, float]:
+        return {"compilations": 0.0}  # eager PyTorch compiles nothing
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.model.parameters())
 
-
-def _few(names: list[str]) -> str:
-    return ", ".join(names[:4]) + (f" (+{len(names) - 4} more)" if len(names) > 4 else "")

@@ -1,0 +1,226 @@
+"""Compiled training and evaluation steps of the JAX backend.
+
+Parameters are a flat dict ``{Hugging Face name: jax.Array}``; a step merges them into the NNX model
+(``nnx.merge``, free at run time) and differentiates the objective's array-API loss written against
+``jax.numpy``. A step is two compiled functions: ``accumulate`` adds one micro-batch's scaled
+gradient (one compilation per objective and padded shape), ``apply`` clips and updates (one
+compilation). Padded shapes come from :mod:`.shapes`, so compilations stay few; their count is a
+logged counter.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from plmforge.core.backend import BackendContext, MicroBatch, StepMetrics, add_metric, fit_weights
+from plmforge.core.errors import CheckpointError
+from plmforge.core.objective import DECODER_INPUT, ENCODER_INPUT
+from plmforge.plugins.backends.jax.distribution import Placement, make_mesh, select_devices
+from plmforge.plugins.backends.jax.model import T5Model
+from plmforge.plugins.backends.jax.optimizers import make_optimizer
+from plmforge.plugins.backends.jax.shapes import pad_batch
+
+Params = dict[str, jax.Array]
+
+
+def param_name(path: tuple[Any, ...]) -> str:
+    return ".".join(str(part) for part in path)
+
+
+class JaxTrainer:
+    def __init__(self, config: Any, context: BackendContext):
+        self.config = config
+        self.context = context
+        self.training = context.training
+        if config.multi_host:  # must precede any other JAX call; the environment describes the cluster
+            jax.distributed.initialize()
+        devices = select_devices(config.platform, config.devices)
+        self.placement = Placement(make_mesh(devices), config.sharding)
+        self.compute_dtype = jnp.bfloat16 if self.training.precision == "bf16" else jnp.float32
+        needs = context.needs
+        model = T5Model(context.model, context.vocab_size, heads=dict(needs.per_residue_heads),
+                        encoder_lm_head=needs.encoder_lm, rngs=nnx.Rngs(params=context.seed),
+                        dtype=self.compute_dtype)
+        self.graphdef, state = nnx.split(model, nnx.Param)
+        self.paths = {param_name(path): path for path, _ in nnx.to_flat_state(state)}
+        host_params = {param_name(path): var.get_value() for path, var in nnx.to_flat_state(state)}
+        self.param_shardings = self.placement.tree(host_params)
+        self.params: Params = jax.device_put(host_params, self.param_shardings)
+        self.optimizer = make_optimizer(self.training.optimizer, self.params)
+        self.opt_shardings = self.placement.tree(jax.eval_shape(self.optimizer.init, self.params))
+        self.opt_state = jax.jit(self.optimizer.init, out_shardings=self.opt_shardings)(self.params)
+        self.dropout_key = jax.random.key(context.seed)
+        self.steps_done = 0  # folds into the dropout key; saved with the training state
+        self.slots = {slot.label: slot for slot in context.objectives}
+        self.outputs = {slot.label: slot.objective.needs().output_names() for slot in context.objectives}
+        self.features = {slot.label: slot.objective.features() for slot in context.objectives}
+        self.signatures: set[tuple] = set()
+        self._accumulate = jax.jit(self._accumulate_fn, static_argnames="label", donate_argnums=(1,))
+        self._apply = jax.jit(self._apply_fn, donate_argnums=(0, 1),
+                              out_shardings=(self.param_shardings, self.opt_shardings, self.placement.replicated))
+        self._zeros = jax.jit(lambda p: jax.tree.map(jnp.zeros_like, p), out_shardings=self.param_shardings)
+        self._evaluate = jax.jit(self._evaluate_fn, static_argnames="label")
+        self._encode = jax.jit(self._encode_fn)
+
+    # -- pure functions (traced) ------------------------------------------------------------------
+    def _model(self, params: Params) -> T5Model:
+        state = nnx.from_flat_state([(self.paths[name], nnx.Param(value)) for name, value in params.items()])
+        return nnx.merge(self.graphdef, state)
+
+    def _loss(self, params: Params, batch: Mapping[str, jax.Array], key: jax.Array | None, label: str):
+        outputs = self._model(params)(batch[ENCODER_INPUT], batch.get(DECODER_INPUT), outputs=self.outputs[label],
+                                      dropout_key=key)
+        out = self.slots[label].objective.loss(outputs, batch, jnp)
+        return out.loss, out.metrics
+
+    def _accumulate_fn(self, params: Params, grads: Params, batch: Mapping[str, jax.Array], scale: jax.Array,
+                       key: jax.Array, *, label: str):
+        (loss, metrics), step_grads = jax.value_and_grad(self._loss, has_aux=True)(params, batch, key, label)
+        grads = jax.tree.map(lambda total, g: total + scale * g, grads, step_grads)
+        grads = jax.lax.with_sharding_constraint(grads, self.param_shardings)
+        return grads, loss, metrics
+
+    def _apply_fn(self, params: Params, opt_state: Any, grads: Params, lr: jax.Array):
+        norm = optax.tree.norm(grads)
+        max_norm = self.training.max_grad_norm
+        if max_norm is not None:  # torch.nn.utils.clip_grad_norm_'s rule
+            factor = jnp.minimum(1.0, max_norm / (norm + 1e-6))
+            grads = jax.tree.map(lambda g: g * factor, grads)
+        opt_state.hyperparams["learning_rate"] = lr
+        updates, opt_state = self.optimizer.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, norm
+
+    def _evaluate_fn(self, params: Params, batch: Mapping[str, jax.Array], *, label: str):
+        return self._loss(params, batch, None, label)
+
+    def _encode_fn(self, params: Params, input_ids: jax.Array) -> jax.Array:
+        return self._model(params).encode(input_ids).astype(jnp.float32)
+
+    # -- steps ------------------------------------------------------------------------------------
+    def _device_batch(self, label: str, arrays: Mapping[str, np.ndarray], kind: str) -> dict[str, jax.Array]:
+        padded = pad_batch(arrays, self.features[label], self.placement.size, self.training.pad_to_multiple,
+                           self.config.shape_growth)
+        self.signatures.add((kind, label, *sorted((k, v.shape, str(v.dtype)) for k, v in padded.items())))
+        return self.placement.put_batch(padded)
+
+    def train_step(self, micro_batches: Mapping[str, list[MicroBatch]], lr: float) -> StepMetrics:
+        metrics: StepMetrics = {}
+        grads = self._zeros(self.params)
+        total = jnp.zeros((), jnp.float32)
+        step_key = jax.random.fold_in(self.dropout_key, self.steps_done)
+        index = 0
+        for label, batches in micro_batches.items():
+            slot = self.slots[label]
+            weight = sum(b.weight for b in batches)
+            if weight <= 0:
+                continue
+            scale = jnp.float32(slot.weight / weight)
+            for micro in batches:
+                batch = self._device_batch(label, micro.arrays, "train")
+                key = jax.random.fold_in(step_key, index)
+                index += 1
+                grads, loss, out = self._accumulate(self.params, grads, batch, scale, key, label=label)
+                total = total + scale * loss
+                add_metric(metrics, f"{label}/loss", loss, micro.weight)
+                for name, (value, count) in out.items():
+                    add_metric(metrics, f"{label}/{name}", value, count)
+        self.signatures.add(("apply",))
+        self.params, self.opt_state, norm = self._apply(self.params, self.opt_state, grads, jnp.float32(lr))
+        self.steps_done += 1
+        metrics["loss"] = (total, 1.0)
+        metrics["grad_norm"] = (norm, 1.0)
+        return metrics
+
+    def eval_step(self, batches: Mapping[str, MicroBatch]) -> StepMetrics:
+        metrics: StepMetrics = {}
+        for label, micro in batches.items():
+            loss, out = self._evaluate(self.params, self._device_batch(label, micro.arrays, "eval"), label=label)
+            add_metric(metrics, f"{label}/loss", loss, micro.weight)
+            for name, (value, count) in out.items():
+                add_metric(metrics, f"{label}/{name}", value, count)
+        return metrics
+
+    def embed(self, input_ids: np.ndarray) -> np.ndarray:
+        ids = np.asarray(input_ids, dtype=np.int32)
+        padded = pad_batch({ENCODER_INPUT: ids}, {}, self.placement.size, 1, self.config.shape_growth)[ENCODER_INPUT]
+        self.signatures.add(("embed", padded.shape))
+        hidden = self._encode(self.params, self.placement.put_batch({"ids": padded})["ids"])
+        return np.asarray(_to_host(hidden))[: ids.shape[0]]
+
+    # -- state ------------------------------------------------------------------------------------
+    def weights(self) -> dict[str, np.ndarray]:
+        return {name: np.asarray(_to_host(value), dtype=np.float32) for name, value in self.params.items()}
+
+    def load_weights(self, weights: Mapping[str, np.ndarray], strict: bool = True) -> None:
+        expected = {name: tuple(value.shape) for name, value in self.params.items()}
+        fitted = fit_weights(expected, weights, strict)
+        host = {name: (fitted[name].astype(np.float32) if name in fitted else _to_host(value))
+                for name, value in self.params.items()}
+        self.params = jax.device_put(host, self.param_shardings)
+
+    def training_state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        arrays = {f"optimizer/{jax.tree_util.keystr(path)}": np.asarray(_to_host(leaf))
+                  for path, leaf in jax.tree_util.tree_flatten_with_path(self.opt_state)[0]}
+        arrays["rng/jax_dropout_key"] = np.asarray(jax.random.key_data(self.dropout_key))
+        meta = {"optimizer": self.training.optimizer.name, "framework": "jax", "steps_done": self.steps_done}
+        return arrays, meta
+
+    def load_training_state(self, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> None:
+        if meta.get("optimizer") != self.training.optimizer.name:
+            raise CheckpointError(f"checkpoint optimizer {meta.get('optimizer')!r} differs from the spec's "
+                                  f"{self.training.optimizer.name!r}")
+        if meta.get("framework") != "jax":
+            raise CheckpointError("the checkpoint's optimizer state was written by another backend; its weights "
+                                  "load in any backend, but resuming needs the backend that wrote it")
+        leaves, treedef = jax.tree_util.tree_flatten_with_path(self.opt_state)
+        restored = []
+        for path, leaf in leaves:
+            key = f"optimizer/{jax.tree_util.keystr(path)}"
+            if key not in arrays or tuple(np.shape(arrays[key])) != tuple(leaf.shape):
+                raise CheckpointError(f"checkpoint optimizer state lacks or mis-shapes {key}")
+            restored.append(np.asarray(arrays[key]).astype(leaf.dtype))
+        host_state = jax.tree_util.tree_unflatten(treedef, restored)
+        self.opt_state = jax.device_put(host_state, self.opt_shardings)
+        self.dropout_key = jax.random.wrap_key_data(np.asarray(arrays["rng/jax_dropout_key"]))
+        self.steps_done = int(meta.get("steps_done", 0))
+
+    def describe(self) -> dict[str, str]:
+        devices = self.placement.mesh.devices.ravel()
+        how = "fully sharded" if self.config.sharding == "fsdp" else "data parallel"
+        return {"device": f"{len(devices)}x {devices[0].device_kind} ({devices[0].platform})",
+                "framework": f"jax {jax.__version__}, flax {_version('flax')}, optax {_version('optax')}",
+                "precision": self.training.precision,
+                "parallelism": f"{how} over {len(devices)} device(s), {jax.process_count()} process(es)"}
+
+    def num_parameters(self) -> int:
+        return int(sum(value.size for value in self.params.values()))
+
+    def is_main_process(self) -> bool:
+        return jax.process_index() == 0
+
+    def counters(self) -> dict[str, float]:
+        return {"compilations": float(len(self.signatures))}
+
+
+def _to_host(value: jax.Array) -> np.ndarray:
+    """A numpy copy of a (possibly sharded, possibly multi-host) array."""
+    if value.is_fully_addressable:
+        return np.asarray(jax.device_get(value))
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(value, tiled=True))
+
+
+@functools.cache
+def _version(name: str) -> str:
+    from importlib.metadata import version
+
+    return version(name)
