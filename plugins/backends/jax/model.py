@@ -20,9 +20,9 @@ import jax.numpy as jnp
 from flax import nnx
 
 from plmforge.core.model_config import ModelConfig
+from plmforge.core.model_outputs import BUILTIN_OUTPUTS, compute_outputs
 
 PAD_ID = 0
-BUILTIN_OUTPUTS = ("encoder_hidden", "decoder_hidden", "encoder_logits", "decoder_logits")
 
 
 class Dropout:
@@ -293,28 +293,8 @@ class T5Model(nnx.Module):
                  outputs: Collection[str] = ("decoder_logits",),
                  dropout_key: jax.Array | None = None) -> dict[str, jax.Array]:
         """Compute only the requested ``outputs``: any of ``BUILTIN_OUTPUTS`` and the head names."""
-        wanted = set(outputs)
-        unknown = wanted - set(BUILTIN_OUTPUTS) - set(self.heads)
-        if unknown:
-            raise ValueError(f"unknown outputs {sorted(unknown)}; available: {[*BUILTIN_OUTPUTS, *self.heads]}")
-        if "encoder_logits" in wanted and self.encoder_lm_head is None:
-            raise ValueError("'encoder_logits' asked for, but the model was built without encoder_lm_head")
         dropout = Dropout(self.dropout_rate, dropout_key)
-        result: dict[str, jax.Array] = {}
-        encoder_hidden = self.encode(input_ids, dropout)
-        if "encoder_hidden" in wanted:
-            result["encoder_hidden"] = encoder_hidden
-        if "encoder_logits" in wanted:
-            result["encoder_logits"] = self.encoder_lm_head(encoder_hidden)
-        for name in self.heads:
-            if name in wanted:
-                result[name] = self.heads[name](encoder_hidden)
-        if wanted & {"decoder_hidden", "decoder_logits"}:
-            if decoder_input_ids is None:
-                raise ValueError("decoder outputs asked for without decoder_input_ids")
-            decoder_hidden = self.decode(decoder_input_ids, encoder_hidden, input_ids, dropout)
-            if "decoder_hidden" in wanted:
-                result["decoder_hidden"] = decoder_hidden
-            if "decoder_logits" in wanted:
-                result["decoder_logits"] = self.lm_head(decoder_hidden)
-        return result
+        decode = (None if decoder_input_ids is None else
+                  lambda hidden: self.decode(decoder_input_ids, hidden, input_ids, dropout))
+        return compute_outputs(outputs, self.heads, lambda: self.encode(input_ids, dropout), self.encoder_lm_head,
+                               decode, self.lm_head)
