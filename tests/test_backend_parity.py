@@ -52,6 +52,21 @@ def test_weight_names_and_shapes_are_identical(tmp_path):
     assert built["torch"].num_parameters() == built["jax"].num_parameters()
 
 
+def test_same_spec_and_seed_give_the_same_initial_weights(tmp_path):
+    registry = Registry()
+    weights = {}
+    for name in ("torch", "jax"):
+        spec = validate_spec({**tiny_spec_dict(tmp_path), "backend": {"name": name}}, registry=registry)
+        vocab, slots = build_objectives(spec)
+        weights[name] = build_backend(spec, vocab, slots, registry).weights()
+    for name, value in weights["torch"].items():
+        np.testing.assert_array_equal(weights["jax"][name], value, err_msg=name)
+    other_seed = validate_spec({**tiny_spec_dict(tmp_path), "seed": 8}, registry=registry)
+    vocab, slots = build_objectives(other_seed)
+    assert not np.array_equal(build_backend(other_seed, vocab, slots, registry).weights()["shared.weight"],
+                              weights["torch"]["shared.weight"])
+
+
 @pytest.mark.parametrize("lengths", [(5,), (17, 9, 3), (40, 33, 12, 1)])
 def test_encoder_outputs_agree_with_padding(tmp_path, lengths):
     built, _, _ = backends(tiny_spec_dict(tmp_path))

@@ -184,3 +184,22 @@ def test_cli_trains_on_jax_and_embeds_from_its_checkpoint(tmp_path):
     assert jax_run.data.tags["plmforge.backend.framework"].startswith("jax ")
     for key in ("train/loss", "val/mlm/masked_residue_ce"):
         assert jax_run.data.metrics[key] == pytest.approx(torch_run.data.metrics[key], rel=0.05)
+
+
+def test_standalone_model_draws_with_the_shared_standard_deviations():
+    from flax import nnx
+
+    from plmforge.core.initialization import init_std
+    from plmforge.core.model_config import ModelConfig
+    from plmforge.plugins.backends.jax.model import T5Model
+
+    config = ModelConfig(preset=None, d_model=256, num_layers=2, num_decoder_layers=1, num_heads=8, d_kv=32,
+                         d_ff=512, initializer_factor=0.5)
+    model = T5Model(config, 144, heads={"profile": 64}, encoder_lm_head=True, rngs=nnx.Rngs(params=0))
+    for path, variable in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+        name, value = ".".join(map(str, path)), np.asarray(variable.get_value())
+        std = init_std(name, config)
+        if std is None:
+            assert np.all(value == 0.5), name
+        else:
+            assert abs(value.std() / std - 1) < 0.1 and abs(value.mean()) < 0.1 * std, name

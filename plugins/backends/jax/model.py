@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from plmforge.core.initialization import init_std
 from plmforge.core.model_config import ModelConfig
 from plmforge.core.model_outputs import BUILTIN_OUTPUTS, compute_outputs
 
@@ -48,8 +49,8 @@ class Linear(nnx.Module):
     stream stay float32, which is what PyTorch's autocast does.
     """
 
-    def __init__(self, d_in: int, d_out: int, std: float, rngs: nnx.Rngs, dtype: jnp.dtype = jnp.float32):
-        self.weight = nnx.Param(std * jax.random.normal(rngs.params(), (d_out, d_in), jnp.float32))
+    def __init__(self, d_in: int, d_out: int, dtype: jnp.dtype = jnp.float32):
+        self.weight = nnx.Param(jnp.zeros((d_out, d_in), jnp.float32))  # drawn by T5Model
         self.dtype = dtype
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -73,8 +74,8 @@ class Embedding(nnx.Module):
     which XLA runs serially on CPU (it made a CPU training step about twice as slow).
     """
 
-    def __init__(self, num: int, dim: int, std: float, rngs: nnx.Rngs):
-        self.weight = nnx.Param(std * jax.random.normal(rngs.params(), (num, dim), jnp.float32))
+    def __init__(self, num: int, dim: int):
+        self.weight = nnx.Param(jnp.zeros((num, dim), jnp.float32))  # drawn by T5Model
 
     def __call__(self, ids: jax.Array) -> jax.Array:
         table = self.weight[...]
@@ -117,19 +118,17 @@ def relative_position_bucket(relative_position: jax.Array, bidirectional: bool, 
 class Attention(nnx.Module):
     """Multi-head attention without biases or score scaling; the additive mask carries the position bias."""
 
-    def __init__(self, config: ModelConfig, has_relative_bias: bool, bidirectional: bool, rngs: nnx.Rngs,
-                 dtype: jnp.dtype):
-        c, f = config, config.initializer_factor
+    def __init__(self, config: ModelConfig, has_relative_bias: bool, bidirectional: bool, dtype: jnp.dtype):
+        c = config
         inner = c.num_heads * c.d_kv
         self.num_heads, self.d_kv = c.num_heads, c.d_kv
-        self.q = Linear(c.d_model, inner, f * (c.d_model * c.d_kv) ** -0.5, rngs, dtype)
-        self.k = Linear(c.d_model, inner, f * c.d_model ** -0.5, rngs, dtype)
-        self.v = Linear(c.d_model, inner, f * c.d_model ** -0.5, rngs, dtype)
-        self.o = Linear(inner, c.d_model, f * inner ** -0.5, rngs, dtype)
+        self.q = Linear(c.d_model, inner, dtype)
+        self.k = Linear(c.d_model, inner, dtype)
+        self.v = Linear(c.d_model, inner, dtype)
+        self.o = Linear(inner, c.d_model, dtype)
         self.has_relative_bias = has_relative_bias
         if has_relative_bias:
-            self.relative_attention_bias = Embedding(c.relative_attention_num_buckets, c.num_heads,
-                                                     f * c.d_model ** -0.5, rngs)
+            self.relative_attention_bias = Embedding(c.relative_attention_num_buckets, c.num_heads)
             self.bidirectional = bidirectional
             self.num_buckets = c.relative_attention_num_buckets
             self.max_distance = c.relative_attention_max_distance
@@ -156,9 +155,8 @@ class Attention(nnx.Module):
 
 
 class SelfAttentionLayer(nnx.Module):
-    def __init__(self, config: ModelConfig, has_relative_bias: bool, bidirectional: bool, rngs: nnx.Rngs,
-                 dtype: jnp.dtype):
-        self.SelfAttention = Attention(config, has_relative_bias, bidirectional, rngs, dtype)
+    def __init__(self, config: ModelConfig, has_relative_bias: bool, bidirectional: bool, dtype: jnp.dtype):
+        self.SelfAttention = Attention(config, has_relative_bias, bidirectional, dtype)
         self.layer_norm = RMSNorm(config.d_model, config.layer_norm_epsilon)
 
     def __call__(self, x: jax.Array, mask: jax.Array, dropout: Dropout) -> jax.Array:
@@ -166,8 +164,8 @@ class SelfAttentionLayer(nnx.Module):
 
 
 class CrossAttentionLayer(nnx.Module):
-    def __init__(self, config: ModelConfig, rngs: nnx.Rngs, dtype: jnp.dtype):
-        self.EncDecAttention = Attention(config, False, True, rngs, dtype)
+    def __init__(self, config: ModelConfig, dtype: jnp.dtype):
+        self.EncDecAttention = Attention(config, False, True, dtype)
         self.layer_norm = RMSNorm(config.d_model, config.layer_norm_epsilon)
 
     def __call__(self, x: jax.Array, mask: jax.Array, context: jax.Array, dropout: Dropout) -> jax.Array:
@@ -177,11 +175,11 @@ class CrossAttentionLayer(nnx.Module):
 class GatedFeedForward(nnx.Module):
     """``wo(dropout(act(wi_0 x) * wi_1 x))`` with tanh-GELU or SiLU."""
 
-    def __init__(self, config: ModelConfig, rngs: nnx.Rngs, dtype: jnp.dtype):
-        c, f = config, config.initializer_factor
-        self.wi_0 = Linear(c.d_model, c.d_ff, f * c.d_model ** -0.5, rngs, dtype)
-        self.wi_1 = Linear(c.d_model, c.d_ff, f * c.d_model ** -0.5, rngs, dtype)
-        self.wo = Linear(c.d_ff, c.d_model, f * c.d_ff ** -0.5, rngs, dtype)
+    def __init__(self, config: ModelConfig, dtype: jnp.dtype):
+        c = config
+        self.wi_0 = Linear(c.d_model, c.d_ff, dtype)
+        self.wi_1 = Linear(c.d_model, c.d_ff, dtype)
+        self.wo = Linear(c.d_ff, c.d_model, dtype)
         self.gelu = c.feed_forward_proj == "gated-gelu"
 
     def __call__(self, x: jax.Array, dropout: Dropout) -> jax.Array:
@@ -191,8 +189,8 @@ class GatedFeedForward(nnx.Module):
 
 
 class FeedForwardLayer(nnx.Module):
-    def __init__(self, config: ModelConfig, rngs: nnx.Rngs, dtype: jnp.dtype):
-        self.DenseReluDense = GatedFeedForward(config, rngs, dtype)
+    def __init__(self, config: ModelConfig, dtype: jnp.dtype):
+        self.DenseReluDense = GatedFeedForward(config, dtype)
         self.layer_norm = RMSNorm(config.d_model, config.layer_norm_epsilon)
 
     def __call__(self, x: jax.Array, dropout: Dropout) -> jax.Array:
@@ -202,12 +200,11 @@ class FeedForwardLayer(nnx.Module):
 class Block(nnx.Module):
     """One layer: self-attention, cross-attention (decoder only), feed-forward, in ``self.layer``."""
 
-    def __init__(self, config: ModelConfig, is_decoder: bool, has_relative_bias: bool, rngs: nnx.Rngs,
-                 dtype: jnp.dtype):
-        layers: list[nnx.Module] = [SelfAttentionLayer(config, has_relative_bias, not is_decoder, rngs, dtype)]
+    def __init__(self, config: ModelConfig, is_decoder: bool, has_relative_bias: bool, dtype: jnp.dtype):
+        layers: list[nnx.Module] = [SelfAttentionLayer(config, has_relative_bias, not is_decoder, dtype)]
         if is_decoder:
-            layers.append(CrossAttentionLayer(config, rngs, dtype))
-        layers.append(FeedForwardLayer(config, rngs, dtype))
+            layers.append(CrossAttentionLayer(config, dtype))
+        layers.append(FeedForwardLayer(config, dtype))
         self.layer = nnx.List(layers)
 
     def __call__(self, x: jax.Array, self_mask: jax.Array, dropout: Dropout, context: jax.Array | None = None,
@@ -221,9 +218,9 @@ class Block(nnx.Module):
 class Stack(nnx.Module):
     """Encoder or decoder stack; the embedding lives in the model (``shared``)."""
 
-    def __init__(self, config: ModelConfig, num_layers: int, is_decoder: bool, rngs: nnx.Rngs, dtype: jnp.dtype):
+    def __init__(self, config: ModelConfig, num_layers: int, is_decoder: bool, dtype: jnp.dtype):
         self.is_decoder = is_decoder
-        self.block = nnx.List([Block(config, is_decoder, i == 0, rngs, dtype) for i in range(num_layers)])
+        self.block = nnx.List([Block(config, is_decoder, i == 0, dtype) for i in range(num_layers)])
         self.final_layer_norm = RMSNorm(config.d_model, config.layer_norm_epsilon)
         self.remat = config.gradient_checkpointing
 
@@ -255,8 +252,8 @@ class Stack(nnx.Module):
 class T5Model(nnx.Module):
     """Ankh/T5 v1.1 encoder-decoder (encoder only when ``num_decoder_layers == 0``) plus extra heads.
 
-    Initialised like Hugging Face T5 with the PyTorch backend's one change (output heads get std
-    d_model^-0.5); the random draws differ from PyTorch's, so cross-backend tests load weights.
+    Initialised like Hugging Face T5 with plmforge's one change (output heads get std d_model^-0.5),
+    see :mod:`plmforge.core.initialization`.
     """
 
     def __init__(self, config: ModelConfig, vocab_size: int, heads: Mapping[str, int] = {},
@@ -264,16 +261,29 @@ class T5Model(nnx.Module):
         clash = set(heads) & set(BUILTIN_OUTPUTS)
         if clash:
             raise ValueError(f"head names {sorted(clash)} clash with built-in outputs {BUILTIN_OUTPUTS}")
-        c, f = config, config.initializer_factor
+        c = config
         self.config = config
         self.dropout_rate = c.dropout_rate
-        self.shared = Embedding(vocab_size, c.d_model, f * 1.0, rngs)
-        self.encoder = Stack(c, c.num_layers, False, rngs, dtype)
-        head_std = f * c.d_model ** -0.5
-        self.decoder = Stack(c, c.num_decoder_layers, True, rngs, dtype) if c.num_decoder_layers else None
-        self.lm_head = Linear(c.d_model, vocab_size, head_std, rngs, dtype) if c.num_decoder_layers else None
-        self.encoder_lm_head = Linear(c.d_model, vocab_size, head_std, rngs, dtype) if encoder_lm_head else None
-        self.heads = nnx.Dict({name: Linear(c.d_model, width, head_std, rngs, dtype) for name, width in heads.items()})
+        self.shared = Embedding(vocab_size, c.d_model)
+        self.encoder = Stack(c, c.num_layers, False, dtype)
+        self.decoder = Stack(c, c.num_decoder_layers, True, dtype) if c.num_decoder_layers else None
+        self.lm_head = Linear(c.d_model, vocab_size, dtype) if c.num_decoder_layers else None
+        self.encoder_lm_head = Linear(c.d_model, vocab_size, dtype) if encoder_lm_head else None
+        self.heads = nnx.Dict({name: Linear(c.d_model, width, dtype) for name, width in heads.items()})
+        self._initialise(rngs)
+
+    def _initialise(self, rngs: nnx.Rngs) -> None:
+        """Random weights with :mod:`plmforge.core.initialization`'s standard deviations.
+
+        Training runs start from that module's numpy draws instead, which PyTorch draws identically.
+        """
+        for path, variable in nnx.to_flat_state(nnx.state(self, nnx.Param)):
+            name = ".".join(str(part) for part in path)
+            std = init_std(name, self.config)
+            shape = variable.get_value().shape
+            value = (jnp.full(shape, self.config.initializer_factor, jnp.float32) if std is None
+                     else std * jax.random.normal(rngs.params(), shape, jnp.float32))
+            variable.set_value(value)
 
     def encode(self, input_ids: jax.Array, dropout: Dropout | None = None) -> jax.Array:
         """[B, L] ids -> [B, L, d_model] encoder output; id 0 is padding and is never attended to."""

@@ -22,6 +22,7 @@ from flax import nnx
 
 from plmforge.core.backend import BackendContext, MicroBatch, StepMetrics, add_metric, fit_weights
 from plmforge.core.errors import CheckpointError
+from plmforge.core.initialization import initial_weights
 from plmforge.core.objective import DECODER_INPUT, ENCODER_INPUT
 from plmforge.plugins.backends.jax.distribution import Placement, make_mesh, select_devices
 from plmforge.plugins.backends.jax.model import T5Model
@@ -51,7 +52,8 @@ class JaxTrainer:
                         dtype=self.compute_dtype)
         self.graphdef, state = nnx.split(model, nnx.Param)
         self.paths = {param_name(path): path for path, _ in nnx.to_flat_state(state)}
-        host_params = {param_name(path): var.get_value() for path, var in nnx.to_flat_state(state)}
+        shapes = {param_name(path): tuple(var.get_value().shape) for path, var in nnx.to_flat_state(state)}
+        host_params = initial_weights(shapes, context.model, context.seed)  # equal on every backend
         self.param_shardings = self.placement.tree(host_params)
         self.params: Params = jax.device_put(host_params, self.param_shardings)
         self.optimizer = make_optimizer(self.training.optimizer, self.params)

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from plmforge.core.initialization import init_std
 from plmforge.core.model_config import ModelConfig
 from plmforge.core.model_outputs import BUILTIN_OUTPUTS, compute_outputs
 
@@ -325,37 +326,17 @@ class T5Model(nn.Module):
 
     @torch.no_grad()
     def init_weights(self, generator: torch.Generator | None = None) -> None:
-        """Hugging Face ``T5PreTrainedModel._init_weights``, deterministic for a given ``generator``.
+        """Random weights with :mod:`plmforge.core.initialization`'s standard deviations (Hugging Face
+        T5's, except output heads), deterministic for a given ``generator``.
 
-        Stds (times ``initializer_factor``): embedding 1; q (d_model*d_kv)^-0.5 (stands in for the
-        missing 1/sqrt(d_kv) score scaling); k, v d_model^-0.5; o (heads*d_kv)^-0.5; relative bias
-        d_model^-0.5; wi_0, wi_1 d_model^-0.5; wo d_ff^-0.5; norms 1.
-
-        One deliberate difference: output heads (``lm_head``, ``encoder_lm_head``, ``heads``) get std
-        d_model^-0.5, not Hugging Face's 1. After the final RMSNorm the hidden state has unit scale, so
-        std 1 gives initial logits of std sqrt(d_model) and a first loss far above ln(vocab); training
-        from scratch starts better with O(1) logits. Loaded checkpoints are unaffected.
+        Training runs start from that module's numpy draws instead, which JAX draws identically.
         """
-        c = self.config
-        factor = c.initializer_factor
-        for module in self.modules():
-            if isinstance(module, RMSNorm):
-                module.weight.fill_(factor * 1.0)
-            elif isinstance(module, Attention):
-                _normal_(module.q.weight, factor * (c.d_model * c.d_kv) ** -0.5, generator)
-                _normal_(module.k.weight, factor * c.d_model ** -0.5, generator)
-                _normal_(module.v.weight, factor * c.d_model ** -0.5, generator)
-                _normal_(module.o.weight, factor * (c.num_heads * c.d_kv) ** -0.5, generator)
-                if hasattr(module, "relative_attention_bias"):
-                    _normal_(module.relative_attention_bias.weight, factor * c.d_model ** -0.5, generator)
-            elif isinstance(module, GatedFeedForward):
-                _normal_(module.wi_0.weight, factor * c.d_model ** -0.5, generator)
-                _normal_(module.wi_1.weight, factor * c.d_model ** -0.5, generator)
-                _normal_(module.wo.weight, factor * c.d_ff ** -0.5, generator)
-        _normal_(self.shared.weight, factor * 1.0, generator)
-        for head in [self.lm_head, self.encoder_lm_head, *self.heads.values()]:
-            if head is not None:
-                _normal_(head.weight, factor * c.d_model ** -0.5, generator)
+        for name, param in self.named_parameters():
+            std = init_std(name, self.config)
+            if std is None:
+                param.fill_(self.config.initializer_factor)
+            else:
+                _normal_(param, std, generator)
 
 
 def _normal_(weight: torch.Tensor, std: float, generator: torch.Generator | None) -> None:

@@ -17,8 +17,9 @@ import torch
 
 from plmforge.core.backend import BackendContext, MicroBatch, StepMetrics, add_metric, fit_weights
 from plmforge.core.errors import CheckpointError, PlmforgeError
+from plmforge.core.initialization import initial_weights
 from plmforge.core.objective import DECODER_INPUT, ENCODER_INPUT
-from plmforge.plugins.backends.torch.model import T5Model, init_weights
+from plmforge.plugins.backends.torch.model import T5Model
 
 
 def resolve_device(name: str) -> torch.device:
@@ -42,8 +43,9 @@ class TorchTrainer:
         needs = context.needs
         self.model = T5Model(context.model, context.vocab_size, heads=dict(needs.per_residue_heads),
                              encoder_lm_head=needs.encoder_lm)
-        init_weights(self.model, torch.Generator().manual_seed(context.seed))
         self.model.to(self.device)
+        shapes = {name: tuple(value.shape) for name, value in self.model.state_dict().items()}
+        self.load_weights(initial_weights(shapes, context.model, context.seed))  # equal on every backend
         self.param_names = {p: n for n, p in self.model.named_parameters()}
         self.optimizer = self._make_optimizer()
         self.autocast_dtype = torch.bfloat16 if self.training.precision == "bf16" else None
