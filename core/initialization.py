@@ -54,7 +54,6 @@ def initial_weights(shapes: Mapping[str, tuple[int, ...]], config: ModelConfig, 
         if std is None:
             weights[name] = np.full(shape, config.initializer_factor, np.float32)
             continue
-        name_key = int.from_bytes(name.encode(), "little") % (2**63)
-        rng = np.random.default_rng([seed, _STREAM, name_key])
+        rng = np.random.default_rng([seed, _STREAM, int.from_bytes(name.encode(), "little")])  # whole name
         weights[name] = (rng.standard_normal(shape, dtype=np.float32) * np.float32(std))
     return weights
