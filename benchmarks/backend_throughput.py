@@ -55,14 +55,11 @@ def main() -> None:
     lrs = [rate_for(spec.training, step) for step in range(args.steps)]
     residues = sum(b.residues for step in batches for micro in step.values() for b in micro)
 
-    results, initial = {}, None
+    results = {}
     for name in args.backends.split(","):
         spec_b = load_spec(Path(args.spec), [f"backend.name={name}"])
         setup_start = time.perf_counter()
-        backend = build_backend(spec_b, vocab, slots, registry)
-        if initial is None:
-            initial = backend.weights()
-        backend.load_weights(initial)
+        backend = build_backend(spec_b, vocab, slots, registry)  # same seed: same initial weights
         setup = time.perf_counter() - setup_start
         first = timed_pass(backend, batches, lrs)
         second = timed_pass(backend, batches, lrs)

@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from plmforge.core.errors import CheckpointError
 from plmforge.core.model_config import ModelConfig
 from plmforge.core.objective import Array, ModelNeeds, Objective
 from plmforge.core.strict import StrictModel
@@ -80,8 +81,6 @@ def fit_weights(expected: Mapping[str, tuple[int, ...]], weights: Mapping[str, n
     Shape mismatches are always errors; missing or unexpected names are errors when ``strict``.
     Every backend loads through this, so they accept and refuse exactly the same checkpoints.
     """
-    from plmforge.core.errors import CheckpointError
-
     given = {k: np.asarray(v) for k, v in weights.items() if k not in TIED_ALIASES}
     missing = sorted(set(expected) - set(given))
     unexpected = sorted(set(given) - set(expected))

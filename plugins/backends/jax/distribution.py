@@ -15,13 +15,13 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from plmforge.core.errors import PlmforgeError
+
 AXIS = "data"
 
 
 def select_devices(platform: str, count: int | None) -> list[Any]:
     """``count`` devices of ``platform`` ('auto' = JAX's default platform), all of them by default."""
-    from plmforge.core.errors import PlmforgeError
-
     try:
         devices = jax.devices() if platform == "auto" else jax.devices(platform)
     except RuntimeError as error:

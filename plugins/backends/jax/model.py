@@ -252,12 +252,13 @@ class Stack(nnx.Module):
 class T5Model(nnx.Module):
     """Ankh/T5 v1.1 encoder-decoder (encoder only when ``num_decoder_layers == 0``) plus extra heads.
 
-    Initialised like Hugging Face T5 with plmforge's one change (output heads get std d_model^-0.5),
-    see :mod:`plmforge.core.initialization`.
+    Initialised from ``rngs`` like Hugging Face T5 with plmforge's one change (output heads get std
+    d_model^-0.5), see :mod:`plmforge.core.initialization`; ``rngs=None`` leaves placeholders for
+    callers that load weights next.
     """
 
     def __init__(self, config: ModelConfig, vocab_size: int, heads: Mapping[str, int] = {},
-                 encoder_lm_head: bool = False, *, rngs: nnx.Rngs, dtype: jnp.dtype = jnp.float32):
+                 encoder_lm_head: bool = False, *, rngs: nnx.Rngs | None, dtype: jnp.dtype = jnp.float32):
         clash = set(heads) & set(BUILTIN_OUTPUTS)
         if clash:
             raise ValueError(f"head names {sorted(clash)} clash with built-in outputs {BUILTIN_OUTPUTS}")
@@ -270,7 +271,8 @@ class T5Model(nnx.Module):
         self.lm_head = Linear(c.d_model, vocab_size, dtype) if c.num_decoder_layers else None
         self.encoder_lm_head = Linear(c.d_model, vocab_size, dtype) if encoder_lm_head else None
         self.heads = nnx.Dict({name: Linear(c.d_model, width, dtype) for name, width in heads.items()})
-        self._initialise(rngs)
+        if rngs is not None:
+            self._initialise(rngs)
 
     def _initialise(self, rngs: nnx.Rngs) -> None:
         """Random weights with :mod:`plmforge.core.initialization`'s standard deviations.

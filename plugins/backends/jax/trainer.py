@@ -48,11 +48,11 @@ class JaxTrainer:
         self.compute_dtype = jnp.bfloat16 if self.training.precision == "bf16" else jnp.float32
         needs = context.needs
         model = T5Model(context.model, context.vocab_size, heads=dict(needs.per_residue_heads),
-                        encoder_lm_head=needs.encoder_lm, rngs=nnx.Rngs(params=context.seed),
-                        dtype=self.compute_dtype)
+                        encoder_lm_head=needs.encoder_lm, rngs=None, dtype=self.compute_dtype)
         self.graphdef, state = nnx.split(model, nnx.Param)
-        self.paths = {param_name(path): path for path, _ in nnx.to_flat_state(state)}
-        shapes = {param_name(path): tuple(var.get_value().shape) for path, var in nnx.to_flat_state(state)}
+        flat = [(param_name(path), path, var.get_value().shape) for path, var in nnx.to_flat_state(state)]
+        self.paths = {name: path for name, path, _ in flat}
+        shapes = {name: tuple(shape) for name, _, shape in flat}
         host_params = initial_weights(shapes, context.model, context.seed)  # equal on every backend
         self.param_shardings = self.placement.tree(host_params)
         self.params: Params = jax.device_put(host_params, self.param_shardings)
@@ -163,10 +163,9 @@ class JaxTrainer:
 
     def load_weights(self, weights: Mapping[str, np.ndarray], strict: bool = True) -> None:
         expected = {name: tuple(value.shape) for name, value in self.params.items()}
-        fitted = fit_weights(expected, weights, strict)
-        host = {name: (fitted[name].astype(np.float32) if name in fitted else _to_host(value))
-                for name, value in self.params.items()}
-        self.params = jax.device_put(host, self.param_shardings)
+        fitted = {name: value.astype(np.float32) for name, value in fit_weights(expected, weights, strict).items()}
+        placed = jax.device_put(fitted, {name: self.param_shardings[name] for name in fitted})
+        self.params = {**self.params, **placed}  # parameters not in ``weights`` (strict=False) stay
 
     def training_state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         arrays = {f"optimizer/{jax.tree_util.keystr(path)}": np.asarray(_to_host(leaf))

@@ -275,12 +275,13 @@ class T5Model(nn.Module):
     """Ankh/T5 v1.1 encoder-decoder (or encoder only when ``num_decoder_layers == 0``) plus extra heads.
 
     ``heads`` maps a per-residue head name to its output width; ``encoder_lm_head`` adds token logits
-    over the encoder output. Weights are initialised like Hugging Face T5 on construction; call
-    ``init_weights(model, generator)`` to redo it reproducibly.
+    over the encoder output. Weights are initialised like Hugging Face T5 on construction (skipped
+    with ``init=False`` by callers that load weights next); ``init_weights(model, generator)`` redoes
+    it reproducibly.
     """
 
     def __init__(self, config: ModelConfig, vocab_size: int, heads: Mapping[str, int] = {},
-                 encoder_lm_head: bool = False):
+                 encoder_lm_head: bool = False, init: bool = True):
         super().__init__()
         clash = set(heads) & set(BUILTIN_OUTPUTS)
         if clash:
@@ -298,7 +299,8 @@ class T5Model(nn.Module):
         self.encoder_lm_head = nn.Linear(config.d_model, vocab_size, bias=False) if encoder_lm_head else None
         self.heads = nn.ModuleDict({name: nn.Linear(config.d_model, width, bias=False)
                                     for name, width in heads.items()})
-        self.init_weights()
+        if init:
+            self.init_weights()
 
     @property
     def has_decoder(self) -> bool:

@@ -42,7 +42,7 @@ class TorchTrainer:
         torch.manual_seed(context.seed)  # dropout stream; saved and restored with checkpoints
         needs = context.needs
         self.model = T5Model(context.model, context.vocab_size, heads=dict(needs.per_residue_heads),
-                             encoder_lm_head=needs.encoder_lm)
+                             encoder_lm_head=needs.encoder_lm, init=False)
         self.model.to(self.device)
         shapes = {name: tuple(value.shape) for name, value in self.model.state_dict().items()}
         self.load_weights(initial_weights(shapes, context.model, context.seed))  # equal on every backend
