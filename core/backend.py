@@ -120,12 +120,14 @@ class Backend(ABC):
         """Build the model and optimizer and initialise weights deterministically from ``context.seed``."""
 
     @abstractmethod
-    def train_step(self, micro_batches: Mapping[str, list[MicroBatch]], lr: float) -> StepMetrics:
+    def train_step(self, micro_batches: Mapping[str, list[MicroBatch]], lr: float,
+                   loss_weights: Mapping[str, float] | None = None) -> StepMetrics:
         """One optimizer step over the given micro-batches of each objective label.
 
         The loss is ``sum_o weight_o * (sum of loss sums of o) / (sum of weights of o)``, accumulated
-        over micro-batches; gradients are clipped to ``training.max_grad_norm``. Returns at least
-        ``loss``, ``grad_norm`` and ``<label>/loss`` plus each objective's metrics as ``<label>/<name>``.
+        over micro-batches, where ``weight_o`` is ``loss_weights[o]`` (default: the slot's weight);
+        gradients are clipped to ``training.max_grad_norm``. Returns at least ``loss``, ``grad_norm``
+        and ``<label>/loss`` plus each objective's metrics as ``<label>/<name>``.
         """
 
     @abstractmethod
@@ -135,6 +137,10 @@ class Backend(ABC):
     @abstractmethod
     def embed(self, input_ids: np.ndarray) -> np.ndarray:
         """Encoder last hidden states [B, L, d_model] as float32 numpy for padded ``input_ids``."""
+
+    def decoder_logits(self, encoder_input_ids: np.ndarray, decoder_input_ids: np.ndarray) -> np.ndarray:
+        """Decoder LM logits [B, Ld, V] as float32 numpy (eval mode) for padded ids; what generation reads."""
+        raise NotImplementedError(f"the {type(self).__name__} backend cannot generate sequences")
 
     @abstractmethod
     def weights(self) -> dict[str, np.ndarray]:
@@ -184,14 +190,18 @@ class LazyBackend(Backend):
         module, _, name = self.implementation.partition(":")
         self._impl = getattr(importlib.import_module(module), name)(self.config, self.context)
 
-    def train_step(self, micro_batches: Mapping[str, list[MicroBatch]], lr: float) -> StepMetrics:
-        return self._impl.train_step(micro_batches, lr)
+    def train_step(self, micro_batches: Mapping[str, list[MicroBatch]], lr: float,
+                   loss_weights: Mapping[str, float] | None = None) -> StepMetrics:
+        return self._impl.train_step(micro_batches, lr, loss_weights)
 
     def eval_step(self, batches: Mapping[str, MicroBatch]) -> StepMetrics:
         return self._impl.eval_step(batches)
 
     def embed(self, input_ids: np.ndarray) -> np.ndarray:
         return self._impl.embed(input_ids)
+
+    def decoder_logits(self, encoder_input_ids: np.ndarray, decoder_input_ids: np.ndarray) -> np.ndarray:
+        return self._impl.decoder_logits(encoder_input_ids, decoder_input_ids)
 
     def weights(self) -> dict[str, np.ndarray]:
         return self._impl.weights()

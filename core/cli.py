@@ -161,5 +161,67 @@ def embed(checkpoint: Path, fasta: Path, output: Path, per_protein: bool, prefix
     click.echo(f"wrote {'per-protein' if per_protein else 'per-residue'} embeddings of {count} proteins to {output}")
 
 
+@main.command()
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.option("--prompt", "prompts", multiple=True, metavar="SEQUENCE",
+              help="A protein start to complete (repeatable).")
+@click.option("--fasta", type=click.Path(dir_okay=False, path_type=Path), help="Prompts from a FASTA file.")
+@click.option("--keep", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None,
+              help="Prompt with only this share of each sequence and compare the completion with the true rest.")
+@click.option("--strategy", type=click.Choice(["greedy", "beam", "sample"]), default="greedy", show_default=True)
+@click.option("--beams", default=4, show_default=True, help="Beam width (beam search).")
+@click.option("--temperature", default=1.0, show_default=True, help="Softmax temperature (sampling).")
+@click.option("--top-k", default=None, type=int, help="Sample only from the k most likely tokens.")
+@click.option("--num-samples", default=1, show_default=True, help="Completions per prompt (sampling).")
+@click.option("--max-new-tokens", default=256, show_default=True, help="Longest completion in tokens.")
+@click.option("--seed", default=0, show_default=True, help="Seed of sampling.")
+@click.option("--prefix", default="auto", show_default=True,
+              help="Task prefix before each prompt; 'auto' uses [S2S] when the model has it, '' none.")
+@click.option("--backend", "backend_name", default=None, help="Backend to run on (default: the checkpoint's).")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write completions as FASTA.")
+def generate(checkpoint: Path, prompts: tuple[str, ...], fasta: Path | None, keep: float | None, strategy: str,
+             beams: int, temperature: float, top_k: int | None, num_samples: int, max_new_tokens: int, seed: int,
+             prefix: str, backend_name: str | None, output: Path | None) -> None:
+    """Complete protein sequences with CHECKPOINT's decoder (a model trained with `completion`)."""
+    from plmforge.core.generation import GenerationConfig, generate_from_checkpoint
+
+    named = [(f"prompt{i + 1}", p.strip().upper()) for i, p in enumerate(prompts)]
+    if fasta is not None:
+        from plmforge.core.data.fasta import read_fasta
+
+        records = read_fasta(fasta)
+        named += list(zip(records.ids, records.sequences))
+    if not named:
+        raise PlmforgeError("nothing to complete: give --prompt SEQUENCE or --fasta FILE")
+    if num_samples > 1 and strategy != "sample":
+        raise PlmforgeError("--num-samples > 1 needs --strategy sample (greedy and beam search are deterministic)")
+    named = [(name if num_samples == 1 else f"{name}#{k}", seq) for name, seq in named for k in range(num_samples)]
+    try:
+        config = GenerationConfig(strategy=strategy, max_new_tokens=max_new_tokens, beams=beams,
+                                  temperature=temperature, top_k=top_k, seed=seed)
+    except ValueError as exc:
+        raise PlmforgeError(str(exc)) from None
+    results = generate_from_checkpoint(checkpoint, named, config, keep=keep, prefix=prefix or None,
+                                       backend_name=backend_name)
+    lines = []
+    for r in results:
+        facts = [f"strategy={strategy}", f"prompt_length={len(r.prompt)}", f"length={len(r.completion.residues)}",
+                 f"ended={'yes' if r.completion.ended else 'no'}", f"mean_logprob={r.completion.mean_logprob:.3f}"]
+        if r.identity is not None:
+            facts.append(f"identity={r.identity:.3f}")
+        lines += [f">{r.name} {' '.join(facts)}", r.prompt.lower() + r.completion.residues]
+    text = "\n".join(lines) + "\n"
+    if output:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(text)
+        click.echo(f"wrote {len(results)} completions to {output} (prompt in lower case, completion in upper case)")
+    else:
+        click.echo(text, nl=False)
+    scored = [r.identity for r in results if r.identity is not None]
+    if scored:
+        mean = sum(scored) / len(scored)
+        click.echo(f"mean identity to the true continuation: {mean:.3f} over {len(scored)} proteins", err=True)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

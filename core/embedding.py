@@ -21,11 +21,16 @@ from plmforge.core.vocab import Vocab
 
 def load_model(checkpoint_path: Path, backend_name: str | None = None,
                registry: Registry | None = None) -> tuple[Backend, Vocab]:
-    """A backend holding the checkpoint's weights, and the vocabulary it was trained with."""
+    """A backend holding the checkpoint's weights, and the vocabulary it was trained with.
+
+    ``checkpoint_path`` is a checkpoint directory or a run's output directory (its latest checkpoint).
+    """
     from plmforge.core.run import build_backend, build_objectives
     from plmforge.core.spec import validate_spec
 
     checkpoint_path = Path(checkpoint_path)
+    if not (checkpoint_path / ckpt.WEIGHTS).is_file() and ckpt.latest_checkpoint(checkpoint_path) is not None:
+        checkpoint_path = ckpt.latest_checkpoint(checkpoint_path)  # a run directory: its latest checkpoint
     spec_file = checkpoint_path / ckpt.SPEC
     if not spec_file.is_file():
         raise PlmforgeError(f"{checkpoint_path}: not a plmforge checkpoint directory (no {ckpt.SPEC})")

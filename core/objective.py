@@ -16,14 +16,17 @@ accumulation, multi-objective mixing and multi-device averaging normalise exactl
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 
 from plmforge.core.strict import StrictModel
 from plmforge.core.vocab import Vocab
+
+if TYPE_CHECKING:
+    from plmforge.core.data.proteins import ProteinSet
 
 Array = Any  # an array of the backend's framework (torch.Tensor, jax.Array)
 
@@ -77,11 +80,29 @@ class ModelNeeds:
 
 @dataclass(frozen=True)
 class Protein:
-    """One protein as an objective sees it: residue ids (no ``</s>``), already cropped."""
+    """One protein as an objective sees it: residue ids (no ``</s>``), already cropped.
+
+    ``offset`` is where the crop window starts in the whole protein; ``extras`` holds the per-residue
+    arrays the objective's :class:`ProteinSource` attached, cropped with the tokens.
+    """
 
     tokens: np.ndarray
     name: str = ""
     extras: Mapping[str, np.ndarray] = field(default_factory=dict)
+    offset: int = 0
+
+
+@dataclass(frozen=True)
+class ProteinSource:
+    """The proteins one objective draws examples from in one split, and what it attaches to them.
+
+    ``extras(i)`` returns per-residue arrays of protein ``i`` of ``proteins`` (first axis = its
+    residues, e.g. an MSA profile [L, 20]); the data stream crops them with the tokens, so objectives
+    never deal with crop windows. ``None`` means no extras.
+    """
+
+    proteins: ProteinSet
+    extras: Callable[[int], Mapping[str, np.ndarray]] | None = None
 
 
 @dataclass
@@ -110,6 +131,15 @@ class Objective(ABC):
     def special_tokens(cls, config: ObjectiveConfig) -> tuple[str, ...]:
         """Extra vocabulary tokens this objective uses (e.g. ``("[NLU]",)``); known before the vocab exists."""
         return ()
+
+    def prepare(self, proteins: ProteinSet, split: str) -> ProteinSource:
+        """The proteins of ``split`` ("train", "validation") this objective trains on, with any extras.
+
+        The default takes every protein as it is. Override to attach per-residue data (profile
+        prediction attaches MSA profiles) or to keep only the proteins that have it. Called once per
+        split before training; must be deterministic.
+        """
+        return ProteinSource(proteins)
 
     @abstractmethod
     def needs(self) -> ModelNeeds:

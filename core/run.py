@@ -14,13 +14,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from plmforge.core import __version__, checkpoint
 from plmforge.core.backend import Backend, BackendContext, ObjectiveSlot, add_metric
 from plmforge.core.data.batching import BatchPlanner
+from plmforge.core.data.proteins import ProteinSet
 from plmforge.core.data.stream import ExampleStream
 from plmforge.core.errors import CheckpointError, PlmforgeError
 from plmforge.core.hookspecs import plugin_manager
-from plmforge.core.objective import ModelNeeds
+from plmforge.core.objective import ModelNeeds, ProteinSource
 from plmforge.core.progress import Progress
 from plmforge.core.registry import Registry
 from plmforge.core.schedule import rate_for
@@ -87,6 +90,53 @@ def build_backend(spec: Spec, vocab: Vocab, slots: list[ObjectiveSlot], registry
     return backend
 
 
+def prepared_source(slot: ObjectiveSlot, proteins: ProteinSet, split: str, spec: Spec) -> ProteinSource | None:
+    """The objective's own view of a split; None for an empty validation split (it is then not evaluated)."""
+    source = slot.objective.prepare(proteins, split)
+    if len(source.proteins) == 0:
+        if split == "train":
+            raise PlmforgeError(f"objective {slot.label!r} kept none of the {len(proteins)} training proteins of "
+                                f"{spec.data.source!r} (see its options, e.g. where its MSAs come from)")
+        return None
+    return source
+
+
+class ObjectiveMixer:
+    """Which objectives a step trains and with what loss weights.
+
+    ``sum``: every objective, every step, each with its spec weight. ``sample``: one objective per step,
+    drawn with probability weight / total from a generator seeded by (seed, step) — so a resumed run
+    draws the same sequence — with loss weight 1 (the weight already set how often it is drawn).
+    """
+
+    def __init__(self, mode: str, weights: Mapping[str, float], seed: int):
+        self.mode, self.weights, self.seed = mode, dict(weights), seed
+        self.labels = list(weights)
+        total = sum(self.weights.values())
+        self.probabilities = np.asarray([self.weights[label] / total for label in self.labels])
+
+    def labels_for(self, step: int) -> list[str]:
+        if self.mode == "sum" or len(self.labels) == 1:
+            return self.labels
+        rng = np.random.default_rng([self.seed, 0x313, step])
+        return [self.labels[int(rng.choice(len(self.labels), p=self.probabilities))]]
+
+    def loss_weights(self, chosen: list[str]) -> dict[str, float]:
+        return {label: self.weights[label] if self.mode == "sum" else 1.0 for label in chosen}
+
+    def step_metrics(self, chosen: list[str]) -> dict[str, tuple[float, float]]:
+        """``<label>/sampled``: the share of steps that trained the objective (sample mode only)."""
+        if self.mode == "sum":
+            return {}
+        return {f"{label}/sampled": (float(label in chosen), 1.0) for label in self.labels}
+
+    def expected_weights(self) -> dict[str, float]:
+        """Each objective's weight in the expected loss of a step (for ``val/loss``)."""
+        if self.mode == "sum":
+            return self.weights
+        return dict(zip(self.labels, self.probabilities.tolist()))
+
+
 def make_planner(spec: Spec) -> BatchPlanner:
     bs = spec.training.batch_size
     return BatchPlanner(max_length=spec.data.max_length, pad_to_multiple=spec.training.pad_to_multiple,
@@ -146,11 +196,14 @@ class Trainer:
         if len(data.splits.get("train", ())) == 0:
             raise PlmforgeError(f"data source {spec.data.source!r} yielded no training proteins")
         planner = make_planner(spec)
-        train_streams = {s.label: ExampleStream(s.objective, data.splits["train"], planner, spec.seed, stream=i)
-                         for i, s in enumerate(slots)}
+        train_streams = {s.label: ExampleStream(s.objective, source, planner, spec.seed, stream=i)
+                         for i, s in enumerate(slots)
+                         if (source := prepared_source(s, data.splits["train"], "train", spec)) is not None}
         validation = data.splits.get("validation")
-        eval_streams = ({s.label: ExampleStream(s.objective, validation, planner, spec.seed, stream=i)
-                         for i, s in enumerate(slots)} if validation is not None and len(validation) else {})
+        eval_streams = {s.label: ExampleStream(s.objective, source, planner, spec.seed, stream=i)
+                        for i, s in enumerate(slots)
+                        if validation is not None
+                        and (source := prepared_source(s, validation, "validation", spec)) is not None}
         backend = build_backend(spec, vocab, slots, self.registry)
 
         step, state = 0, {}
@@ -184,6 +237,7 @@ class Trainer:
         result = RunResult(step=step, status="running", tracking_run_id=run_id, data_report=data.report)
         pm.hook.plmforge_run_start(run=info, resumed_from_step=step)
         window = MetricWindow()
+        mixer = ObjectiveMixer(training.objective_mixing, {s.label: s.weight for s in slots}, spec.seed)
         progress = Progress(total=training.steps, start=step, enabled=self.show_progress, console=self.console)
         status = "failed"
         saved_step = step
@@ -193,9 +247,11 @@ class Trainer:
                 while step < training.steps:
                     in_step = True
                     lr = rate_for(training, step)
-                    micro = {label: [stream.next() for _ in range(training.gradient_accumulation)]
-                             for label, stream in train_streams.items()}
-                    window.add(backend.train_step(micro, lr))
+                    chosen = mixer.labels_for(step)
+                    micro = {label: [train_streams[label].next() for _ in range(training.gradient_accumulation)]
+                             for label in chosen}
+                    window.add(backend.train_step(micro, lr, mixer.loss_weights(chosen)))
+                    window.add(mixer.step_metrics(chosen))
                     window.steps += 1
                     window.residues += sum(b.residues for batches in micro.values() for b in batches)
                     step += 1
@@ -259,7 +315,9 @@ class Trainer:
                 window.add(backend.eval_step({label: batch}))
         averages = window.averages()
         metrics = {f"val/{k}": v for k, v in averages.items()}
-        total = [s.weight * averages[f"{s.label}/loss"] for s in slots if f"{s.label}/loss" in averages]
+        weights = ObjectiveMixer(self.spec.training.objective_mixing, {s.label: s.weight for s in slots},
+                                 self.spec.seed).expected_weights()
+        total = [weights[s.label] * averages[f"{s.label}/loss"] for s in slots if f"{s.label}/loss" in averages]
         if total:
             metrics["val/loss"] = float(sum(total))
         return metrics

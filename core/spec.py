@@ -74,6 +74,10 @@ class TrainingConfig(StrictModel):
     batch_size: BatchSize = Field(
         default_factory=lambda: BatchSize(tokens=8192), description="Per optimizer micro-step, per objective.")
     gradient_accumulation: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
+    objective_mixing: Literal["sum", "sample"] = Field(
+        "sum", description="With several objectives: 'sum' adds every objective's weighted mean loss each step; "
+                           "'sample' trains one objective per step, drawn with probability proportional to its "
+                           "weight (as t5x mixtures do). Per-objective metrics are logged separately either way.")
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     max_grad_norm: float | None = Field(1.0, gt=0, description="Clip the global gradient norm; null disables.")
@@ -129,7 +133,9 @@ class ObjectiveSection(PluginSection):
     """One ``objectives:`` item. ``name``, ``weight`` and ``label`` are the host's; the rest is the plugin's."""
 
     name: str = Field(description="Objective plugin name (see `plmforge plugins`).")
-    weight: float = Field(1.0, gt=0, description="Weight of this objective's mean loss in the total loss.")
+    weight: float = Field(
+        1.0, gt=0, description="Weight of this objective's mean loss in the total loss ('sum' mixing), or its "
+                               "relative sampling rate ('sample' mixing).")
     label: str | None = Field(
         None, description="Name used in metric keys; defaults to the plugin name (must be unique in a spec).")
 

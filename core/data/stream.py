@@ -16,26 +16,35 @@ import numpy as np
 
 from plmforge.core.backend import MicroBatch
 from plmforge.core.data.batching import BatchPlanner, collate
-from plmforge.core.objective import Objective, Protein
+from plmforge.core.objective import Objective, Protein, ProteinSource
 
 #: Marks evaluation generators so validation masks never coincide with training ones.
 EVAL_EPOCH = 2**31 - 1
 
 
+def crop_start(length: int, max_length: int, rng: np.random.Generator | None) -> int:
+    """Start of a random window of ``max_length`` residues (training), or 0 when ``rng`` is None."""
+    if length <= max_length or rng is None:
+        return 0
+    return int(rng.integers(0, length - max_length + 1))
+
+
 def crop(tokens: np.ndarray, max_length: int, rng: np.random.Generator | None) -> np.ndarray:
     """A random window of ``max_length`` residues (training), or the first window when ``rng`` is None."""
-    if len(tokens) <= max_length:
-        return tokens
-    start = int(rng.integers(0, len(tokens) - max_length + 1)) if rng is not None else 0
+    start = crop_start(len(tokens), max_length, rng)
     return tokens[start:start + max_length]
 
 
 @dataclass
 class ExampleStream:
-    """Batches of ``objective`` examples drawn from ``proteins``, epoch after epoch."""
+    """Batches of ``objective`` examples drawn from ``proteins``, epoch after epoch.
+
+    ``proteins`` is a ProteinSet, or the :class:`ProteinSource` the objective prepared for the split
+    (its per-residue extras are cropped with the tokens).
+    """
 
     objective: Objective
-    proteins: Any  # plmforge.core.data.proteins.ProteinSet
+    proteins: Any  # ProteinSource, or plmforge.core.data.proteins.ProteinSet
     planner: BatchPlanner
     seed: int
     stream: int = 0
@@ -44,6 +53,11 @@ class ExampleStream:
     cropped: int = field(default=0, init=False)  # training proteins cut to max_length so far
     _plan: list[np.ndarray] | None = field(default=None, init=False, repr=False)
     _plan_epoch: int = field(default=-1, init=False, repr=False)
+    _extras: Any = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.proteins, ProteinSource):
+            self.proteins, self._extras = self.proteins.proteins, self.proteins.extras
 
     def _epoch_plan(self) -> list[np.ndarray]:
         if self._plan_epoch != self.epoch:
@@ -68,9 +82,13 @@ class ExampleStream:
             tokens = self.proteins.tokens(int(index))
             if train and len(tokens) > self.planner.max_length:
                 self.cropped += 1
-            tokens = crop(tokens, self.planner.max_length, rng if train else None)
+            start = crop_start(len(tokens), self.planner.max_length, rng if train else None)
+            window = slice(start, start + self.planner.max_length)
+            extras = ({k: v[window] for k, v in self._extras(int(index)).items()}
+                      if self._extras is not None else {})
+            tokens = tokens[window]
             residues += len(tokens)
-            protein = Protein(tokens=tokens, name=self.proteins.name(int(index)))
+            protein = Protein(tokens=tokens, name=self.proteins.name(int(index)), extras=extras, offset=start)
             examples.append(self.objective.make_example(protein, rng))
         arrays = collate(examples, self.objective.features(), self.planner.pad_to_multiple)
         return MicroBatch(arrays=arrays, weight=self.objective.weight(arrays), residues=residues)

@@ -21,9 +21,9 @@ import optax
 from flax import nnx
 
 from plmforge.core.backend import BackendContext, MicroBatch, StepMetrics, add_metric, fit_weights
-from plmforge.core.errors import CheckpointError
+from plmforge.core.errors import CheckpointError, PlmforgeError
 from plmforge.core.initialization import initial_weights
-from plmforge.core.objective import DECODER_INPUT, ENCODER_INPUT
+from plmforge.core.objective import DECODER_INPUT, ENCODER_INPUT, Feature
 from plmforge.plugins.backends.jax.distribution import Placement, make_mesh, select_devices
 from plmforge.plugins.backends.jax.model import T5Model
 from plmforge.plugins.backends.jax.optimizers import make_optimizer
@@ -71,6 +71,7 @@ class JaxTrainer:
         self._zeros = jax.jit(lambda p: jax.tree.map(jnp.zeros_like, p), out_shardings=self.param_shardings)
         self._evaluate = jax.jit(self._evaluate_fn, static_argnames="label")
         self._encode = jax.jit(self._encode_fn)
+        self._decoder_logits = jax.jit(self._decoder_logits_fn)
 
     # -- pure functions (traced) ------------------------------------------------------------------
     def _model(self, params: Params) -> T5Model:
@@ -106,6 +107,10 @@ class JaxTrainer:
     def _encode_fn(self, params: Params, input_ids: jax.Array) -> jax.Array:
         return self._model(params).encode(input_ids).astype(jnp.float32)
 
+    def _decoder_logits_fn(self, params: Params, encoder_ids: jax.Array, decoder_ids: jax.Array) -> jax.Array:
+        logits = self._model(params)(encoder_ids, decoder_ids, outputs=("decoder_logits",))["decoder_logits"]
+        return logits.astype(jnp.float32)
+
     # -- steps ------------------------------------------------------------------------------------
     def _device_batch(self, label: str, arrays: Mapping[str, np.ndarray], kind: str) -> dict[str, jax.Array]:
         padded = pad_batch(arrays, self.features[label], self.placement.size, self.training.pad_to_multiple,
@@ -113,18 +118,19 @@ class JaxTrainer:
         self.signatures.add((kind, label, *sorted((k, v.shape, str(v.dtype)) for k, v in padded.items())))
         return self.placement.put_batch(padded)
 
-    def train_step(self, micro_batches: Mapping[str, list[MicroBatch]], lr: float) -> StepMetrics:
+    def train_step(self, micro_batches: Mapping[str, list[MicroBatch]], lr: float,
+                   loss_weights: Mapping[str, float] | None = None) -> StepMetrics:
         metrics: StepMetrics = {}
         grads = self._zeros(self.params)
         total = jnp.zeros((), jnp.float32)
         step_key = jax.random.fold_in(self.dropout_key, self.steps_done)
         index = 0
         for label, batches in micro_batches.items():
-            slot = self.slots[label]
+            loss_weight = self.slots[label].weight if loss_weights is None else loss_weights[label]
             weight = sum(b.weight for b in batches)
             if weight <= 0:
                 continue
-            scale = jnp.float32(slot.weight / weight)
+            scale = jnp.float32(loss_weight / weight)
             for micro in batches:
                 batch = self._device_batch(label, micro.arrays, "train")
                 key = jax.random.fold_in(step_key, index)
@@ -156,6 +162,19 @@ class JaxTrainer:
         self.signatures.add(("embed", padded.shape))
         hidden = self._encode(self.params, self.placement.put_batch({"ids": padded})["ids"])
         return np.asarray(_to_host(hidden))[: ids.shape[0]]
+
+    def decoder_logits(self, encoder_input_ids: np.ndarray, decoder_input_ids: np.ndarray) -> np.ndarray:
+        if not self.context.model.has_decoder:
+            raise PlmforgeError("this model has no decoder (num_decoder_layers is 0): it cannot generate")
+        features = {ENCODER_INPUT: Feature("int32", "encoder"), DECODER_INPUT: Feature("int32", "decoder")}
+        arrays = {ENCODER_INPUT: np.asarray(encoder_input_ids, np.int32),
+                  DECODER_INPUT: np.asarray(decoder_input_ids, np.int32)}
+        padded = pad_batch(arrays, features, self.placement.size, 1, self.config.shape_growth)
+        self.signatures.add(("decoder_logits", padded[ENCODER_INPUT].shape, padded[DECODER_INPUT].shape))
+        batch = self.placement.put_batch(padded)
+        logits = self._decoder_logits(self.params, batch[ENCODER_INPUT], batch[DECODER_INPUT])
+        rows, length = arrays[DECODER_INPUT].shape
+        return np.asarray(_to_host(logits))[:rows, :length]
 
     # -- state ------------------------------------------------------------------------------------
     def weights(self) -> dict[str, np.ndarray]:

@@ -78,18 +78,19 @@ class TorchTrainer:
                                  outputs=self.outputs[label])
         return self.slots[label].objective.loss(outputs, batch, xp)
 
-    def train_step(self, micro_batches: Mapping[str, list[MicroBatch]], lr: float) -> StepMetrics:
+    def train_step(self, micro_batches: Mapping[str, list[MicroBatch]], lr: float,
+                   loss_weights: Mapping[str, float] | None = None) -> StepMetrics:
         self.model.train()
         metrics: StepMetrics = {}
         total = torch.zeros((), device=self.device)
         for label, batches in micro_batches.items():
-            slot = self.slots[label]
+            loss_weight = self.slots[label].weight if loss_weights is None else loss_weights[label]
             weight = sum(b.weight for b in batches)
             if weight <= 0:
                 continue
             for micro in batches:
                 out = self._forward_loss(label, self._to_device(micro.arrays))
-                scaled = out.loss * (slot.weight / weight)
+                scaled = out.loss * (loss_weight / weight)
                 scaled.backward()
                 total = total + scaled.detach()
                 add_metric(metrics, f"{label}/loss", out.loss.detach(), micro.weight)
@@ -124,6 +125,17 @@ class TorchTrainer:
         with self._autocast():
             hidden = self.model.encode(ids)
         return hidden.float().cpu().numpy()
+
+    @torch.inference_mode()
+    def decoder_logits(self, encoder_input_ids: np.ndarray, decoder_input_ids: np.ndarray) -> np.ndarray:
+        if not self.model.has_decoder:
+            raise PlmforgeError("this model has no decoder (num_decoder_layers is 0): it cannot generate")
+        self.model.eval()
+        encoder, decoder = (torch.from_numpy(np.asarray(a)).to(self.device) for a in (encoder_input_ids,
+                                                                                       decoder_input_ids))
+        with self._autocast():
+            logits = self.model(encoder, decoder, outputs=("decoder_logits",))["decoder_logits"]
+        return logits.float().cpu().numpy()
 
     # -- state ------------------------------------------------------------------------------------
     def weights(self) -> dict[str, np.ndarray]:
