@@ -8,6 +8,7 @@ message and exits 1; ``--debug`` shows the traceback instead.
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -62,7 +63,7 @@ def train(spec: Path, resume: bool, overrides: tuple[str, ...], no_progress: boo
         if key in result.train_metrics:
             click.echo(f"  {key:<40} {result.train_metrics[key]:.4f}")
     for key, value in sorted(result.eval_metrics.items()):
-        if "/p" not in key:
+        if not re.search(r"/p\d", key):  # per masking probability: in MLflow, too many to print
             click.echo(f"  {key:<40} {value:.4f}")
     if result.checkpoint:
         click.echo(f"  checkpoint: {result.checkpoint}")

@@ -90,9 +90,12 @@ def build_backend(spec: Spec, vocab: Vocab, slots: list[ObjectiveSlot], registry
     return backend
 
 
-def prepared_source(slot: ObjectiveSlot, proteins: ProteinSet, split: str, spec: Spec) -> ProteinSource | None:
+def prepared_source(slot: ObjectiveSlot, proteins: ProteinSet, split: str, spec: Spec,
+                    data_report: dict[str, int]) -> ProteinSource | None:
     """The objective's own view of a split; None for an empty validation split (it is then not evaluated)."""
     source = slot.objective.prepare(proteins, split)
+    if len(source.proteins) != len(proteins):  # the objective chose; say so in the run's data tags
+        data_report[f"{slot.label}.{split}.proteins"] = len(source.proteins)
     if len(source.proteins) == 0:
         if split == "train":
             raise PlmforgeError(f"objective {slot.label!r} kept none of the {len(proteins)} training proteins of "
@@ -196,14 +199,16 @@ class Trainer:
         if len(data.splits.get("train", ())) == 0:
             raise PlmforgeError(f"data source {spec.data.source!r} yielded no training proteins")
         planner = make_planner(spec)
-        train_streams = {s.label: ExampleStream(s.objective, source, planner, spec.seed, stream=i)
-                         for i, s in enumerate(slots)
-                         if (source := prepared_source(s, data.splits["train"], "train", spec)) is not None}
+        train_streams: dict[str, ExampleStream] = {}
+        eval_streams: dict[str, ExampleStream] = {}
         validation = data.splits.get("validation")
-        eval_streams = {s.label: ExampleStream(s.objective, source, planner, spec.seed, stream=i)
-                        for i, s in enumerate(slots)
-                        if validation is not None
-                        and (source := prepared_source(s, validation, "validation", spec)) is not None}
+        for i, slot in enumerate(slots):
+            train_source = prepared_source(slot, data.splits["train"], "train", spec, data.report)
+            train_streams[slot.label] = ExampleStream(slot.objective, train_source, planner, spec.seed, stream=i)
+            eval_source = (prepared_source(slot, validation, "validation", spec, data.report)
+                           if validation is not None else None)
+            if eval_source is not None:
+                eval_streams[slot.label] = ExampleStream(slot.objective, eval_source, planner, spec.seed, stream=i)
         backend = build_backend(spec, vocab, slots, self.registry)
 
         step, state = 0, {}

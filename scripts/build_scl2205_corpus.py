@@ -264,8 +264,19 @@ liblzma encoder behind Python's `lzma` (built with Python 3.11 and liblzma 5.4.1
 
 
 # -- command line --------------------------------------------------------------------------------
-def outputs(built: Built) -> dict[str, bytes]:
-    return {TSV_NAME: built.xz, LICENSE_NAME: built.license_text, README_NAME: built.readme}
+#: Sections of README.md that other build scripts write (scripts/build_scl2205_msas.py): kept as they are.
+OTHER_SECTIONS = ("\n## scl2205-msas",)
+
+
+def outputs(built: Built, out: Path = DEFAULT_OUT) -> dict[str, bytes]:
+    readme = built.readme
+    current = out / README_NAME
+    if current.is_file():
+        text = current.read_text(encoding="utf-8")
+        starts = [text.index(s) for s in OTHER_SECTIONS if s in text]
+        if starts:
+            readme = readme.rstrip(b"\n") + b"\n" + text[min(starts) :].encode("utf-8")
+    return {TSV_NAME: built.xz, LICENSE_NAME: built.license_text, README_NAME: readme}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -291,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.check:
         stale = [
             n
-            for n, b in outputs(built).items()
+            for n, b in outputs(built, args.out).items()
             if not (args.out / n).is_file() or (args.out / n).read_bytes() != b
         ]
         if stale:
@@ -300,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.out}: all files match the rebuild")
         return 0
     args.out.mkdir(parents=True, exist_ok=True)
-    for name, data in outputs(built).items():
+    for name, data in outputs(built, args.out).items():
         (args.out / name).write_bytes(data)
         print(
             f"wrote {args.out / name} ({len(data):,} bytes, sha256 {hashlib.sha256(data).hexdigest()[:16]}…)"
