@@ -86,6 +86,31 @@ def test_globins4_columns_by_hand():
     np.testing.assert_allclose(profile[0], expected_row({"V": F(21, 60), "A": F(21, 60)}, F(1, 60)), atol=1e-7)
 
 
+def test_caudal_act_pfam_seed_columns_by_hand():
+    """The same by hand on a Pfam seed alignment (PF04731, CC0), with a gapped column."""
+    (aln,) = read_alignments(PFAM / "Caudal_act.sto.gz")
+    assert len(aln.row_names) == 9 and aln.query.startswith("MYPGPVRHSGGL")
+    # query residues 1 and 11 (rows in file order): M M M M M V M M M  and  G G - - - - G G -
+    assert column_letters(aln.codes, [0, 10]) == ["MMMMMVMMM", "GG----GG-"]
+    sub = aln.codes[:, [0, 10]]
+    # residue 1:  r=2 (M, V), n_M=8, n_V=1 -> each M row 1/(2*8) = 1/16, the V row (CDX1_MOUSE) 1/(2*1) = 8/16
+    # residue 11: r=1 (G), n_G=4            -> rows 1, 2, 7, 8 get 1/(1*4) = 4/16; gapped rows nothing
+    # raw (x 1/16): 5 5 1 1 1 8 5 5 1, sum 32/16 = 2; scaled to sum to 9 rows (x 9/2):
+    weights = [F(45, 32), F(45, 32), F(9, 32), F(9, 32), F(9, 32), F(9, 4), F(45, 32), F(45, 32), F(9, 32)]
+    assert sum(weights) == 9
+    np.testing.assert_allclose(henikoff_weights(sub), [float(w) for w in weights], rtol=1e-12)
+    # residue 1, pseudocount 1, uniform: c_M = 9 - 9/4 = 27/4, c_V = 9/4, total 9 + 1 = 10
+    #   p_M = (27/4 + 1/20) / 10 = 17/25, p_V = (9/4 + 1/20) / 10 = 23/100, others (1/20) / 10 = 1/200
+    profile, _ = compute_profile(sub, "henikoff", 1.0, "uniform")
+    np.testing.assert_allclose(profile[0], expected_row({"M": F(17, 25), "V": F(23, 100)}, F(1, 200)), atol=1e-7)
+    # residue 11, pseudocount 1/2, BLOSUM62: c_G = 4 * 45/32 = 45/8 (gaps not counted), total 45/8 + 1/2 = 49/8
+    profile, _ = compute_profile(sub, "henikoff", 0.5, "blosum62")
+    expected = np.array([float(((F(45, 8) if a == "G" else 0) + F(1, 2) * BLOSUM62[a]) / F(49, 8))
+                         for a in PROFILE_ALPHABET])
+    np.testing.assert_allclose(profile[1], expected, atol=1e-7)
+    assert profile[1][AA["G"]] == pytest.approx((45 / 8 + 0.5 * 0.074) / (49 / 8))
+
+
 # -- acceptance: a slow, obviously correct reference on larger Pfam alignments ----------------------------
 def stockholm_rows(path: Path) -> list[str]:
     """Query-column rows of a single-block Stockholm file, read here without plmforge's parser."""
