@@ -139,7 +139,8 @@ class TorchTrainer:
 
     # -- state ------------------------------------------------------------------------------------
     def weights(self) -> dict[str, np.ndarray]:
-        return {k: v.detach().float().cpu().numpy() for k, v in self.model.state_dict().items()}
+        # copies: on CPU .numpy() would alias the live parameters, which the next step changes
+        return {k: v.detach().float().cpu().numpy().copy() for k, v in self.model.state_dict().items()}
 
     def load_weights(self, weights: Mapping[str, np.ndarray], strict: bool = True) -> None:
         own = {k: tuple(v.shape) for k, v in self.model.state_dict().items()}
