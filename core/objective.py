@@ -129,8 +129,18 @@ class Objective(ABC):
 
     @classmethod
     def special_tokens(cls, config: ObjectiveConfig) -> tuple[str, ...]:
-        """Extra vocabulary tokens this objective uses (e.g. ``("[NLU]",)``); known before the vocab exists."""
-        return ()
+        """Extra vocabulary tokens this objective uses, known before the vocab exists.
+
+        By default the config's task ``prefix`` (e.g. ``"[NLU]"``) when it has that option and sets it.
+        """
+        prefix = getattr(config, "prefix", None)
+        return (prefix,) if prefix else ()
+
+    @property
+    def prefix_ids(self) -> list[int]:
+        """The ids to put before the protein on the encoder input: the config's ``prefix``, or none."""
+        prefix = getattr(self.config, "prefix", None)
+        return [self.vocab.token_id(prefix)] if prefix else []
 
     def prepare(self, proteins: ProteinSet, split: str) -> ProteinSource:
         """The proteins of ``split`` ("train", "validation") this objective trains on, with any extras.

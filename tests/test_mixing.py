@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from helpers import tiny_spec_dict
+from helpers import StopAt, tiny_spec_dict
 
 from plmforge.core import checkpoint
-from plmforge.core.hookspecs import hookimpl
 from plmforge.core.run import ObjectiveMixer, train
 from plmforge.core.spec import validate_spec
 
@@ -57,16 +56,6 @@ def test_sample_mixing_trains_one_objective_per_step(tmp_path):
         assert metrics["train/loss"] == pytest.approx(metrics[f"train/{label}/loss"], rel=1e-5)
     val = result.eval_metrics  # evaluation always covers every objective
     assert val["val/loss"] == pytest.approx(0.75 * val["val/mlm/loss"] + 0.25 * val["val/completion/loss"], rel=1e-6)
-
-
-class StopAt:
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    @hookimpl
-    def plmforge_step_end(self, run, step, metrics):
-        if step == self.step:
-            raise KeyboardInterrupt
 
 
 @pytest.mark.parametrize("backend", ["torch", "jax"])

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import tiny_spec_dict
+from helpers import StopAt, tiny_spec_dict
 
 from plmforge.core import checkpoint
 from plmforge.core.errors import CheckpointError, PlmforgeError
@@ -23,18 +23,6 @@ from plmforge.core.run import train
 from plmforge.core.spec import validate_spec
 
 pytestmark = pytest.mark.slow
-
-
-class StopAt:
-    """Simulates Ctrl-C after a given step."""
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    @hookimpl
-    def plmforge_step_end(self, run, step, metrics):
-        if step == self.step:
-            raise KeyboardInterrupt
 
 
 def losses(result) -> dict[int, float]:

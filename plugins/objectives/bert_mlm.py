@@ -60,11 +60,10 @@ class BertMaskedLM(Objective):
         super().__init__(config, vocab)
         self.config: BertMLMConfig = config
         self._mask_id = vocab.token_id(config.mask_token)
-        self._prefix = [vocab.token_id(config.prefix)] if config.prefix else []
 
     @classmethod
     def special_tokens(cls, config: BertMLMConfig) -> tuple[str, ...]:
-        return (config.mask_token, *((config.prefix,) if config.prefix else ()))
+        return (config.mask_token, *super().special_tokens(config))
 
     def needs(self) -> ModelNeeds:
         return ModelNeeds(encoder_lm=True)
@@ -86,9 +85,9 @@ class BertMaskedLM(Objective):
         corrupted[to_random] = rng.integers(self.vocab.residue_offset, self.vocab.residue_offset + STANDARD_RESIDUES,
                                             size=int(to_random.sum()))
         target = np.where(selected, tokens, self.vocab.pad_id).astype(np.int32)
-        pad = [self.vocab.pad_id] * len(self._prefix)
+        pad = [self.vocab.pad_id] * len(self.prefix_ids)
         return {
-            ENCODER_INPUT: np.asarray([*self._prefix, *corrupted, self.vocab.eos_id], dtype=np.int32),
+            ENCODER_INPUT: np.asarray([*self.prefix_ids, *corrupted, self.vocab.eos_id], dtype=np.int32),
             TARGET: np.asarray([*pad, *target, self.vocab.pad_id], dtype=np.int32),
         }
 

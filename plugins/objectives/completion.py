@@ -65,11 +65,6 @@ class SequenceCompletion(Objective):
     def __init__(self, config: CompletionConfig, vocab):
         super().__init__(config, vocab)
         self.config: CompletionConfig = config
-        self._prefix = [vocab.token_id(config.prefix)] if config.prefix else []
-
-    @classmethod
-    def special_tokens(cls, config: CompletionConfig) -> tuple[str, ...]:
-        return (config.prefix,) if config.prefix else ()
 
     def needs(self) -> ModelNeeds:
         return ModelNeeds(decoder_lm=True)
@@ -96,7 +91,7 @@ class SequenceCompletion(Objective):
         ends = limit is None or len(rest) <= limit
         target = np.concatenate([rest, [self.vocab.eos_id]]) if ends else rest[:limit]
         return {
-            ENCODER_INPUT: np.asarray([*self._prefix, *tokens[:cut], self.vocab.eos_id], dtype=np.int32),
+            ENCODER_INPUT: np.asarray([*self.prefix_ids, *tokens[:cut], self.vocab.eos_id], dtype=np.int32),
             DECODER_INPUT: np.concatenate([[self.vocab.pad_id], target[:-1]]).astype(np.int32),
             TARGET: target.astype(np.int32),
         }

@@ -75,11 +75,6 @@ class MaskedLanguageModeling(Objective):
         self.config: MaskedLMConfig = config
         w = np.asarray(config.probability_weights or [1.0] * len(config.probabilities), dtype=np.float64)
         self._choice_p = w / w.sum()
-        self._prefix_id = vocab.token_id(config.prefix) if config.prefix else None
-
-    @classmethod
-    def special_tokens(cls, config: MaskedLMConfig) -> tuple[str, ...]:
-        return (config.prefix,) if config.prefix else ()
 
     def needs(self) -> ModelNeeds:
         return ModelNeeds(decoder_lm=True)
@@ -98,8 +93,8 @@ class MaskedLanguageModeling(Objective):
         k = int(rng.choice(len(self.config.probabilities), p=self._choice_p))
         noise = self._noise_mask(len(tokens), self.config.probabilities[k], rng)
         encoder, target = self._corrupt(tokens, noise)
-        if self._prefix_id is not None:
-            encoder = np.concatenate([[self._prefix_id], encoder]).astype(np.int32)
+        if self.prefix_ids:
+            encoder = np.concatenate([self.prefix_ids, encoder]).astype(np.int32)
         decoder_input = np.concatenate([[self.vocab.pad_id], target[:-1]]).astype(np.int32)
         return {
             ENCODER_INPUT: encoder,

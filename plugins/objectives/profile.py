@@ -85,13 +85,8 @@ class ProfilePrediction(Objective):
     def __init__(self, config: ProfileConfig, vocab):
         super().__init__(config, vocab)
         self.config: ProfileConfig = config
-        self._prefix = [vocab.token_id(config.prefix)] if config.prefix else []
         self._profiles: Any = None  # ProfileSet, loaded on first use
         self.report: dict[str, int] = {}
-
-    @classmethod
-    def special_tokens(cls, config: ProfileConfig) -> tuple[str, ...]:
-        return (config.prefix,) if config.prefix else ()
 
     def needs(self) -> ModelNeeds:
         return ModelNeeds(per_residue_heads={self.config.head: WIDTH})
@@ -161,14 +156,14 @@ class ProfilePrediction(Objective):
 
     def make_example(self, protein: Protein, rng: np.random.Generator) -> dict[str, np.ndarray]:
         tokens = np.asarray(protein.tokens, dtype=np.int32)
-        n, before = len(tokens), len(self._prefix)
+        n, before = len(tokens), len(self.prefix_ids)
         profile = np.zeros((before + n + 1, WIDTH), np.float32)  # prefix and </s> have no profile
         mask = np.zeros(before + n + 1, np.float32)
         if PROFILE in protein.extras:
             profile[before: before + n] = protein.extras[PROFILE]
             mask[before: before + n] = protein.extras[PROFILE_MASK]
         return {
-            ENCODER_INPUT: np.asarray([*self._prefix, *tokens, self.vocab.eos_id], dtype=np.int32),
+            ENCODER_INPUT: np.asarray([*self.prefix_ids, *tokens, self.vocab.eos_id], dtype=np.int32),
             PROFILE: profile,
             PROFILE_MASK: mask,
         }
