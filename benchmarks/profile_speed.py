@@ -6,8 +6,11 @@ loops over columns and rows, as a naive implementation would (over ``codes.tolis
 slowed further by indexing numpy scalars). Both keep the first alignment of each query.
 
 Two ratios are reported: files in, profiles out (reading, decompressing and parsing included, which
-both pipelines share) and profiles of already-parsed alignments (the computation alone). The script
-also times reading and parsing alone and checks that both give the same profiles (max abs difference).
+both pipelines share) and profiles of already-parsed alignments (the computation alone; for the
+vectorised side ``ProfileSet.from_alignments``, what ``build_profile_set`` does after parsing). The
+script also times reading and parsing alone and checks that both give the same profiles (max abs
+difference). Every measurement is repeated and the best time kept; the repeats run in turns (one of
+each, then the next round), so a machine that is slower for a while slows all of them alike.
 
     python benchmarks/profile_speed.py [--sources builtin:scl2205 | PATH ...] [--repeat 3] [--json FILE]
 
@@ -27,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from plmforge.core.data.msa import BUILTIN_MSAS, GAP, iter_alignment_sources, iter_msa_files, read_alignments_text
-from plmforge.core.data.profiles import BACKGROUNDS, ProfileSet, build_profile_set, compute_profile
+from plmforge.core.data.profiles import BACKGROUNDS, ProfileSet, build_profile_set
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -87,23 +90,27 @@ def naive_compute(alignments, weighting: str, pseudocount: float, background: li
 
 def vectorised_compute(alignments, weighting: str, pseudocount: float, background: str) -> ProfileSet:
     """What build_profile_set does once the alignments are parsed."""
-    profiles = ProfileSet()
-    for aln in alignments:
-        if aln.query not in profiles:
-            profiles.add(aln.name, aln.query, *compute_profile(aln.codes, weighting, pseudocount, background))
-    return profiles
+    return ProfileSet.from_alignments(alignments, weighting, pseudocount, background)
 
 
-def best_of(repeat: int, fn) -> tuple[float, float, object]:
-    """(best wall-clock seconds, best CPU seconds of this process, result of the last run)."""
-    wall = cpu = float("inf")
-    result = None
-    for _ in range(repeat):
-        start, start_cpu = time.perf_counter(), time.process_time()
-        result = fn()
-        wall = min(wall, time.perf_counter() - start)
-        cpu = min(cpu, time.process_time() - start_cpu)
-    return wall, cpu, result
+def best_of(repeat: int, measurements: dict) -> tuple[dict[str, tuple[float, float]], dict[str, object]]:
+    """Best wall-clock and CPU seconds of each measurement (label -> function) and its last result.
+
+    The measurements run in turns, ``repeat`` rounds of each once, so that a machine that is slower for a
+    while (another process, a busy host) slows them all alike instead of the ones measured then.
+    """
+    timings = {label: (float("inf"), float("inf")) for label in measurements}
+    results: dict[str, object] = {}
+    for round_ in range(repeat):
+        for label, fn in measurements.items():
+            start, start_cpu = time.perf_counter(), time.process_time()
+            result = fn()
+            wall, cpu = time.perf_counter() - start, time.process_time() - start_cpu
+            timings[label] = (min(timings[label][0], wall), min(timings[label][1], cpu))
+            if round_ == repeat - 1:  # (earlier results are dropped: no run pays for garbage of another)
+                results[label] = result
+            del result
+    return timings, results
 
 
 def parse_all(files: list[tuple[str, bytes]]) -> list:
@@ -124,19 +131,17 @@ def main() -> None:
     background_list = BACKGROUNDS[background].tolist()
     repeat = args.repeat
 
-    timings: dict[str, tuple[float, float]] = {}
-
-    def measure(label: str, fn):
-        wall, cpu, result = best_of(repeat, fn)
-        timings[label] = (wall, cpu)
-        return result
-
-    files = measure("read", lambda: list(iter_msa_files(sources)))
-    alignments = measure("parse", lambda: parse_all(files))
-    profiles = measure("vectorised", lambda: build_profile_set(sources, weighting, pseudocount, background))
-    naive = measure("naive_loop", lambda: naive_pipeline(sources, weighting, pseudocount, background_list))
-    measure("vectorised_compute", lambda: vectorised_compute(alignments, weighting, pseudocount, background))
-    measure("naive_compute", lambda: naive_compute(alignments, weighting, pseudocount, background_list))
+    files = list(iter_msa_files(sources))
+    alignments = parse_all(files)
+    timings, results = best_of(repeat, {
+        "read": lambda: list(iter_msa_files(sources)),
+        "parse": lambda: parse_all(files),
+        "vectorised": lambda: build_profile_set(sources, weighting, pseudocount, background),
+        "naive_loop": lambda: naive_pipeline(sources, weighting, pseudocount, background_list),
+        "vectorised_compute": lambda: vectorised_compute(alignments, weighting, pseudocount, background),
+        "naive_compute": lambda: naive_compute(alignments, weighting, pseudocount, background_list),
+    })
+    profiles, naive = results["vectorised"], results["naive_loop"]
 
     assert set(naive) == set(profiles.sequences()), "the two pipelines kept different queries"
     max_diff, mask_mismatches = 0.0, 0
@@ -168,7 +173,8 @@ def main() -> None:
         wall, cpu = timings[label]
         return f"{wall:8.4f} s ({cpu:.4f} s CPU)"
 
-    print(f"sources: {' '.join(sources)}  ({weighting}, pseudocount {pseudocount:g}, {background}); best of {repeat}")
+    print(f"sources: {' '.join(sources)}  ({weighting}, pseudocount {pseudocount:g}, {background}); "
+          f"best of {repeat}, measured in turns")
     print(f"{len(files)} files, {len(alignments)} alignments ({len(profiles)} unique queries), {rows} rows, "
           f"{columns} query columns, {cells} cells")
     print(f"  read + decompress:   {line('read')}")

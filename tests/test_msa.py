@@ -102,6 +102,31 @@ def test_a3m_lowercase_query_residue_is_aligned_to_nothing():
     assert letters(aln) == ["ACDE", "AC-E"]
 
 
+def test_a3m_query_with_as_many_lowercase_letters_as_gaps():
+    # 'aC-' has two letters and two match columns, but they are not the same positions: 'a' is
+    # aligned to nothing and match column 1 ('-') is no query residue
+    (aln,) = read_alignments_text(">q\naC-D\n>r\nKLN\n", "a3m", "t.a3m")
+    assert aln.query == "ACD"
+    assert letters(aln) == ["ACD", "-KN"]
+
+
+def test_one_line_and_multi_line_records_read_alike():
+    # one line per sequence is split with whole-file operations; records of several lines, blank lines,
+    # CRLF, header descriptions and '>' inside a sequence take the per-record path or its errors
+    one = ">q desc\nAC-D\n>r1 x y\nA-CD\n>r2\nWYKL\n"
+    many = ">q desc\nAC\n-D\n\n>r1 x y\nA-CD\n>r2\nWY\nKL\n"
+    crlf = one.replace("\n", "\r\n")
+    expected = (["q", "r1", "r2"], ["ACD", "A-D", "WYL"])
+    for text in (one, many, crlf, one.rstrip("\n")):
+        for fmt in ("fasta", "a3m"):
+            (aln,) = read_alignments_text(text, fmt, "t")
+            assert (aln.row_names, letters(aln)) == expected
+    with raises(r"t:3: row 'r1': invalid alignment character\(s\) '>'"):
+        read_alignments_text(">q\nACD\n>r1\nA>D\n", "fasta", "t")
+    with raises(r"t:1: the query \(first sequence\) 'q' has no residues"):
+        read_alignments_text(">q\n>r\n>s\nACD\n", "fasta", "t")  # every other line a header, but not records
+
+
 def test_fasta_dots_are_gaps_and_lines_are_joined():
     text = ">q\nAC-D\nAX\n\n>r1 x\nac.d\n-E\n"
     (aln,) = read_alignments_text(text, "fasta", "t.afa")
@@ -202,6 +227,43 @@ def test_tar_archive_members_in_sorted_order(tmp_path):
     ordered = make_tar(tmp_path / "s.tgz", dict(sorted(members.items())))  # stored in name order: streamed
     files = list(iter_msa_files(ordered))
     assert [n for n, _ in files] == [f"{ordered}:a.a3m", f"{ordered}:m.afa", f"{ordered}:z/b.sto"]
+
+
+def test_tar_archives_tarfile_reads_differently_give_the_same_members(tmp_path):
+    # plain ustar headers are read without tarfile; a pax header (a long or non-ASCII name) or a GNU
+    # long-name header sends the whole archive to tarfile; all give the same members
+    members = {"a.a3m": ">q\nAC\n", f"{'d' * 120}/b.afa": ">q\nWY\n", "é/c.sto": "# STOCKHOLM 1.0\nq KL\n//\n",
+               "dir/": "", ".hidden.a3m": ">q\nMM\n"}
+    expected = [("a", "AC"), ("b", "WY"), ("c", "KL")]
+    for name, fmt in (("pax.tar", tarfile.PAX_FORMAT), ("gnu.tar", tarfile.GNU_FORMAT)):
+        path = tmp_path / name
+        with tarfile.open(path, "w", format=fmt) as archive:
+            for member, text in members.items():
+                info = tarfile.TarInfo(member)
+                info.type = tarfile.DIRTYPE if member.endswith("/") else tarfile.REGTYPE
+                info.size = len(text.encode())
+                archive.addfile(info, io.BytesIO(text.encode()))
+        assert [(a.name, a.query) for a in iter_alignment_sources([path])] == expected
+    plain = make_tar(tmp_path / "plain.tar", {"x/a.a3m": ">q\nAC\n", "b.a3m": ">q\nWY\n"}, "w")
+    assert msa_module._plain_tar_members(plain.read_bytes()) is not None  # the fast path applies
+    assert [a.query for a in iter_alignment_sources([plain])] == ["WY", "AC"]  # b.a3m < x/a.a3m
+    corrupt = bytearray(plain.read_bytes())
+    corrupt[0] ^= 1  # a bad header checksum: left to tarfile, which refuses the first header
+    with raises(r"bad.tar: cannot read MSA archive"):
+        list(iter_alignment_sources([write(tmp_path / "bad.tar", bytes(corrupt))]))
+
+
+def test_multi_stream_compressed_archives(tmp_path):
+    # gzip members or bz2 streams one after the other (pigz, pbzip2, cat): all are read
+    import bz2
+
+    members = {"a.a3m": ">q\nAC\n", "b.a3m": ">q\nWY\n", "c.a3m": ">q\nKL\n"}
+    tar = make_tar(tmp_path / "t.tar", members, "w").read_bytes()
+    half = len(tar) // 2
+    gz = gzip.compress(tar[:half], mtime=0) + gzip.compress(tar[half:], mtime=0) + b"\0" * 8
+    bz = bz2.compress(tar[:half]) + bz2.compress(tar[half:])
+    for name, data in (("m.tar.gz", gz), ("m.tar.bz2", bz)):
+        assert [a.query for a in iter_alignment_sources([write(tmp_path / name, data)])] == ["AC", "WY", "KL"]
 
 
 def test_builtin_msas_missing_or_unknown(monkeypatch):

@@ -6,7 +6,6 @@ import gzip
 import hashlib
 import importlib.util
 import io
-import lzma
 import re
 import statistics
 import sys
@@ -23,7 +22,7 @@ from plmforge.core.errors import DataError, PlmforgeError
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "scripts" / "build_scl2205_msas.py"
-ARCHIVE = "scl2205-msas.tar.xz"
+ARCHIVE = "scl2205-msas.tar.gz"
 #: query -> a close homolog in the corpus (both in train): P07280 differs from P07281 by one substitution;
 #: A1XIM6 is A1XIM5 but for one residue; Q8NIJ4 holds A1XIM5's sequence at residues 245-636.
 HOMOLOGS = {"P07281": ["P07280"], "A1XIM5": ["A1XIM6", "Q8NIJ4"]}
@@ -190,7 +189,7 @@ def test_bad_query_is_a_data_error(tmp_path):
 # -- the committed built-in MSA set ------------------------------------------------------------------
 def archive_members() -> dict[str, str]:
     data = resources.files("plmforge.core.data").joinpath("corpora", ARCHIVE).read_bytes()
-    with tarfile.open(fileobj=io.BytesIO(lzma.decompress(data))) as tar:
+    with tarfile.open(fileobj=io.BytesIO(gzip.decompress(data))) as tar:
         return {m.name: tar.extractfile(m).read().decode("ascii") for m in tar.getmembers()}
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from plmforge.core.data.msa import GAP, PROFILE_ALPHABET, read_alignments, read_alignments_text
+from plmforge.core.data.msa import GAP, PROFILE_ALPHABET, iter_alignment_sources, read_alignments, read_alignments_text
 from plmforge.core.data.profiles import BACKGROUNDS, ProfileSet, build_profile_set, compute_profile, henikoff_weights
 
 PFAM = Path(__file__).resolve().parent / "data" / "pfam"
@@ -280,3 +280,52 @@ def test_large_alignments_are_processed_in_row_blocks(monkeypatch):
     empty, has_profile = compute_profile(np.zeros((0, 3), dtype=np.uint8), pseudocount=1.0)
     np.testing.assert_allclose(empty, np.full((3, 20), 0.05), rtol=1e-6)  # no rows: the background
     assert henikoff_weights(np.zeros((0, 3), dtype=np.uint8)).shape == (0,)
+
+
+def test_alignments_computed_together_give_the_same_profiles(monkeypatch):
+    # compute_profiles groups alignments (up to _CHUNK_CELLS cells) and counts each group at once; every
+    # profile must equal compute_profile of its alignment alone, bit for bit, whatever the grouping
+    import plmforge.core.data.profiles as profiles_module
+    from plmforge.core.data.profiles import compute_profiles
+
+    rng = np.random.default_rng(0)
+    files = ("fn3.sto", "RRM_1.sto.gz", "globins4.sto")
+    alignments = [aln.codes for file in files for aln in read_alignments(PFAM / file)]
+    alignments += [
+        np.zeros((0, 3), dtype=np.uint8),  # no rows
+        np.zeros((2, 0), dtype=np.uint8),  # no columns
+        np.full((3, 4), GAP, dtype=np.uint8),  # nothing counted
+        rng.integers(0, GAP + 1, (3, 4000)).astype(np.int64),  # > 65536 indices: int32, not uint16; any int type
+        codes_of(["AC-", "---", "AW-"]),
+    ]
+    for weighting, pseudocount, background in [("henikoff", 1.0, "uniform"), ("none", 0.0, "blosum62")]:
+        alone = [compute_profile(codes, weighting, pseudocount, background) for codes in alignments]
+        for cells in (1 << 16, 2000, 1):
+            monkeypatch.setattr(profiles_module, "_CHUNK_CELLS", cells)
+            together = compute_profiles(alignments, weighting, pseudocount, background)
+            assert len(together) == len(alignments)
+            for (profile, has_profile), (expected, expected_has) in zip(together, alone):
+                np.testing.assert_array_equal(profile, expected)
+                np.testing.assert_array_equal(has_profile, expected_has)
+                assert profile.dtype == np.float32 and has_profile.dtype == bool
+    weights = henikoff_weights(alignments[-2])
+    np.testing.assert_allclose(weights, henikoff_weights(alignments[-2].astype(np.uint8)), rtol=0)
+
+
+def test_profile_set_from_parsed_alignments(monkeypatch):
+    import plmforge.core.data.profiles as profiles_module
+
+    monkeypatch.setattr(profiles_module, "_QUEUE_CELLS", 3000)  # several queues, duplicates within one
+    monkeypatch.setattr(profiles_module, "_CHUNK_CELLS", 1000)
+    alignments = list(iter_alignment_sources([PFAM]))
+    profiles = ProfileSet.from_alignments(alignments, pseudocount=0.5, background="blosum62", max_rows=20)
+    expected = build_profile_set([PFAM], pseudocount=0.5, background="blosum62", max_rows=20)
+    assert profiles.names == expected.names and profiles.sequences() == expected.sequences()
+    assert (profiles.duplicates, profiles.alignments_read) == (expected.duplicates, expected.alignments_read)
+    for query in profiles.sequences():
+        for got, want in zip(profiles.get(query), expected.get(query)):
+            np.testing.assert_array_equal(got, want)
+    twice = ProfileSet.from_alignments(alignments + alignments)
+    assert len(twice) == len(expected) and twice.duplicates == len(alignments) + expected.duplicates
+    with pytest.raises(ValueError, match="max_rows"):
+        ProfileSet.from_alignments(alignments, max_rows=0)

@@ -11,28 +11,31 @@ distribution of the 20 standard amino acids in its column:
   or the BLOSUM62 background frequencies; a column whose denominator is 0 (no counted residue and
   pseudocount 0) has no profile (``has_profile`` False, profile row all zeros).
 
-Everything is vectorised with ``np.bincount`` over row blocks (no Python loop over rows or columns).
-Profiles are kept as ``float32``: ``L * 20 * 4`` bytes per protein of ``L`` residues (80 bytes per
-residue, 8 MB for 100,000 residues), plus one byte per residue for ``has_profile``.
+Everything is vectorised (no Python loop over rows or columns): residues (gaps left out) become flat
+indices ``column * 20 + amino acid`` for ``np.add.at`` and ``take``, and small alignments are computed
+several at a time, so numpy's cost per call is shared (see :class:`_Chunk`). Profiles are kept as
+``float32``: ``L * 20 * 4`` bytes per protein of ``L`` residues (80 bytes per residue, 8 MB for 100,000
+residues), plus one byte per residue for ``has_profile``.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from itertools import accumulate
 from typing import Literal
 
 import numpy as np
 
-from plmforge.core.data.msa import GAP, PROFILE_ALPHABET, iter_alignment_sources
+from plmforge.core.data.msa import GAP, PROFILE_ALPHABET, Alignment, iter_alignment_sources
 
 Weighting = Literal["henikoff", "none"]
 Background = Literal["uniform", "blosum62"]
 
 NUM_AMINO_ACIDS = len(PROFILE_ALPHABET)
-_WIDTH = NUM_AMINO_ACIDS + 1  # the 20 amino acids and GAP
-_ONES = np.ones(_WIDTH)
-_CHUNK_CELLS = 1 << 18  # cells indexed at a time (2 MB of intp): larger alignments go in row blocks
+_ONES = np.ones(NUM_AMINO_ACIDS)
+_CHUNK_CELLS = 1 << 16  # cells counted together: fewer numpy calls, temporaries still in the CPU cache
+_QUEUE_CELLS = 1 << 20  # cells of parsed alignments queued before computing: parsing and counting in long runs
 
 # BLOSUM62 background frequencies (Henikoff & Henikoff 1992, PNAS 89:10915), the three-decimal values
 # tabulated in Easel's esl_composition_BL62(); they sum to exactly 1.
@@ -61,7 +64,7 @@ def henikoff_weights(codes: np.ndarray) -> np.ndarray:
     without any counted residue gets 0; identical rows get identical weights, and a copy of a row that is
     alone with its residue in every column halves that row's raw weight (shared by the two copies).
     """
-    return _henikoff(_Indexed(_check_codes(codes)))
+    return _henikoff(_Chunk([_check_codes(codes)]))
 
 
 def compute_profile(
@@ -74,6 +77,21 @@ def compute_profile(
 
     Columns of ``profile`` follow :data:`PROFILE_ALPHABET`; see the module docstring for the formula.
     """
+    return compute_profiles([codes], weighting, pseudocount, background)[0]
+
+
+def compute_profiles(
+    codes: Iterable[np.ndarray],
+    weighting: Weighting = "henikoff",
+    pseudocount: float = 1.0,
+    background: Background = "uniform",
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """:func:`compute_profile` of each alignment's codes, the same values, computed several at a time.
+
+    Most MSAs are small (tens of rows), so one at a time numpy's cost per call outweighs the arithmetic;
+    alignments are grouped up to about ``_CHUNK_CELLS`` cells and each group is counted with the same
+    few calls (see :class:`_Chunk`). A profile may be a view into its group's array.
+    """
     if weighting not in ("henikoff", "none"):
         raise ValueError(f"weighting must be 'henikoff' or 'none', not {weighting!r}")
     if background not in BACKGROUNDS:
@@ -81,18 +99,20 @@ def compute_profile(
     pseudocount = float(pseudocount)
     if not pseudocount >= 0:  # also rejects NaN
         raise ValueError(f"pseudocount must be >= 0, not {pseudocount}")
-    indexed = _Indexed(_check_codes(codes))
-    weights = _henikoff(indexed) if weighting == "henikoff" else None
-    counts = indexed.counts(weights)[:, :NUM_AMINO_ACIDS]
-    total = counts @ _ONES[:NUM_AMINO_ACIDS] + pseudocount  # row sums: a matrix-vector product beats sum(axis=1)
-    has_profile = total > 0
-    profile = counts + pseudocount * BACKGROUNDS[background]
-    if has_profile.all():
-        profile /= total[:, None]
-    else:
-        profile /= np.where(has_profile, total, 1.0)[:, None]
-        profile[~has_profile] = 0.0
-    return profile.astype(np.float32), has_profile
+    prior = pseudocount * BACKGROUNDS[background]
+    results: list[tuple[np.ndarray, np.ndarray]] = []
+    group: list[np.ndarray] = []
+    size = 0
+    for array in codes:
+        array = _check_codes(array)
+        if group and size + array.size + array.shape[1] > _CHUNK_CELLS:
+            results += _chunk_profiles(_Chunk(group), weighting == "henikoff", pseudocount, prior)
+            group, size = [], 0
+        group.append(array)
+        size += array.size + array.shape[1]  # columns count too: an alignment without rows still has a profile
+    if group:
+        results += _chunk_profiles(_Chunk(group), weighting == "henikoff", pseudocount, prior)
+    return results
 
 
 class ProfileSet:
@@ -146,6 +166,48 @@ class ProfileSet:
     def __repr__(self) -> str:
         return f"ProfileSet({len(self)} profiles, {self.duplicates} duplicate queries, {self.nbytes} bytes)"
 
+    @classmethod
+    def from_alignments(
+        cls,
+        alignments: Iterable[Alignment],
+        weighting: Weighting = "henikoff",
+        pseudocount: float = 1.0,
+        background: Background = "uniform",
+        max_rows: int | None = None,
+    ) -> ProfileSet:
+        """Profiles of parsed alignments, as :func:`build_profile_set` (which reads them from files).
+
+        Alignments are queued, up to ``_QUEUE_CELLS`` cells, and computed together
+        (:func:`compute_profiles`), in order, so the first alignment of a query still wins and
+        duplicates are never computed. (Reading and computing in long runs rather than alternating
+        every few alignments keeps each one's code and data in the CPU caches: about 8% faster.)
+        """
+        if max_rows is not None and max_rows < 1:
+            raise ValueError(f"max_rows must be >= 1 or None, not {max_rows}")
+        profiles = cls()
+        queued: dict[str, tuple[str, np.ndarray]] = {}  # query -> (name, codes), in order
+        size = 0
+
+        def flush() -> None:
+            computed = compute_profiles([codes for _, codes in queued.values()], weighting, pseudocount, background)
+            for (query, (name, _)), result in zip(queued.items(), computed):
+                profiles.add(name, query, *result)
+            queued.clear()
+
+        for alignment in alignments:
+            if alignment.query in queued or alignment.query in profiles:
+                profiles.alignments_read += 1
+                profiles.duplicates += 1
+                continue
+            codes = alignment.codes if max_rows is None else alignment.codes[:max_rows]
+            if queued and size + codes.size + codes.shape[1] > _QUEUE_CELLS:
+                flush()
+                size = 0
+            queued[alignment.query] = alignment.name, codes
+            size += codes.size + codes.shape[1]
+        flush()
+        return profiles
+
 
 def build_profile_set(
     sources: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
@@ -162,77 +224,121 @@ def build_profile_set(
     """
     if max_rows is not None and max_rows < 1:
         raise ValueError(f"max_rows must be >= 1 or None, not {max_rows}")
-    profiles = ProfileSet()
-    for alignment in iter_alignment_sources(sources, base_dir):
-        if alignment.query in profiles:
-            profiles.alignments_read += 1
-            profiles.duplicates += 1
-            continue
-        codes = alignment.codes if max_rows is None else alignment.codes[:max_rows]
-        profile, has_profile = compute_profile(codes, weighting, pseudocount, background)
-        profiles.add(alignment.name, alignment.query, profile, has_profile)
-    return profiles
+    return ProfileSet.from_alignments(iter_alignment_sources(sources, base_dir), weighting, pseudocount, background,
+                                      max_rows)
 
 
 # -- helpers --------------------------------------------------------------------------------------------
 def _check_codes(codes: np.ndarray) -> np.ndarray:
     codes = np.asarray(codes)
-    if codes.ndim != 2 or not np.issubdtype(codes.dtype, np.integer):
+    if codes.ndim != 2 or codes.dtype.kind not in "iu":  # (integer dtypes; not bool)
         raise ValueError(f"codes must be a 2-D integer array [rows, columns], got {codes.dtype} {codes.shape}")
     if codes.size and ((codes.dtype.kind == "i" and codes.min() < 0) or codes.max() > GAP):
         raise ValueError(f"codes must lie in 0..{GAP} (PROFILE_ALPHABET indices or GAP)")
-    return codes
+    return codes.astype(np.uint8, copy=False)
 
 
-class _Indexed:
-    """Codes as flat indices ``column * 21 + code`` for ``np.bincount`` and ``take``, in blocks of rows.
+class _Chunk:
+    """Alignments side by side on one column axis, their residues as flat indices ``column * 20 + code``.
 
-    An alignment of up to ``_CHUNK_CELLS`` cells (the usual case) is indexed once and the index reused
-    by every pass; a larger one is re-indexed block by block on each pass, so the ``intp`` temporaries
-    stay near ``_CHUNK_CELLS`` cells.
+    The indices feed ``np.add.at`` (counts per column and amino acid) and ``take`` (a per-column table
+    looked up for every residue). Gaps and non-standard letters, often most of an MSA's cells, are left
+    out once, here, so no later pass touches them; a block's residues come row after row, ``nnz[i]`` of
+    them for its row ``i``. A chunk of small alignments is one block, indexed once; a single alignment of
+    more than ``_CHUNK_CELLS`` cells is indexed again in row blocks on every pass, so the ``intp``
+    temporaries stay near ``_CHUNK_CELLS`` cells.
     """
 
-    def __init__(self, codes: np.ndarray):
+    def __init__(self, codes: list[np.ndarray]):
         self.codes = codes
-        self.num_rows, self.length = codes.shape
-        self.offsets = np.arange(self.length, dtype=np.intp) * _WIDTH
-        self.step = max(1, _CHUNK_CELLS // max(self.length, 1))
-        self._whole = codes + self.offsets if self.num_rows <= self.step else None
+        self.rows = np.array([array.shape[0] for array in codes])
+        self.col_starts = list(accumulate((array.shape[1] for array in codes), initial=0))
+        self.num_rows, self.num_cols = int(self.rows.sum()), self.col_starts[-1]
+        self.size = self.num_cols * NUM_AMINO_ACIDS
+        # the narrowest index type that holds them: adding uint8 codes to uint16 is the cheapest cast
+        dtype = np.uint16 if self.size <= 1 << 16 else np.int32 if self.size <= 1 << 31 else np.intp
+        self.offsets = np.arange(0, self.size, NUM_AMINO_ACIDS, dtype=dtype)
+        if len(codes) == 1 and codes[0].size > _CHUNK_CELLS:
+            step = max(1, _CHUNK_CELLS // self.num_cols)
+            self.spans = [(start, min(start + step, self.num_rows)) for start in range(0, self.num_rows, step)]
+        else:
+            self.spans = [(0, self.num_rows)]
+        self._whole = self._index(0, self.num_rows) if len(self.spans) == 1 else None
 
-    def blocks(self):
+    def _index(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        pieces = self.codes if len(self.spans) == 1 else [self.codes[0][start:stop]]
+        cells = sum(piece.size for piece in pieces)
+        index = np.empty(cells, dtype=self.offsets.dtype)
+        kept = np.empty(cells, dtype=bool)
+        nnz = []
+        end = 0
+        for piece, col in zip(pieces, self.col_starts):
+            begin, end = end, end + piece.size
+            np.add(piece, self.offsets[col : col + piece.shape[1]], out=index[begin:end].reshape(piece.shape))
+            nnz.append(np.not_equal(piece, GAP, out=kept[begin:end].reshape(piece.shape)).sum(axis=1))
+        return index[kept].astype(np.intp), nnz[0] if len(nnz) == 1 else np.concatenate(nnz)
+
+    def blocks(self) -> Iterator[tuple[int, int, np.ndarray, np.ndarray]]:
+        """``(first row, end row, indices, nnz per row)`` of each row block (one, unless the chunk is large)."""
         if self._whole is not None:
-            yield 0, self.num_rows, self._whole
+            yield 0, self.num_rows, *self._whole
             return
-        for start in range(0, self.num_rows, self.step):
-            stop = min(start + self.step, self.num_rows)
-            yield start, stop, self.codes[start:stop] + self.offsets
+        for start, stop in self.spans:
+            yield start, stop, *self._index(start, stop)
 
     def counts(self, weights: np.ndarray | None = None) -> np.ndarray:
-        """``[L, 21]`` (weighted) counts of each code per column, float64."""
-        size = self.length * _WIDTH
-        counts = None
-        for start, stop, index in self.blocks():
-            w = None if weights is None else np.repeat(weights[start:stop], self.length)
-            block = np.bincount(index.ravel(), weights=w, minlength=size)
-            counts = block if counts is None else counts + block
-        if counts is None:  # no rows
-            counts = np.zeros(size)
-        return counts.reshape(self.length, _WIDTH).astype(np.float64, copy=False)
+        """``[columns, 20]`` (weighted) counts of each amino acid per column, float64.
+
+        ``np.add.at`` adds in index order, as ``np.bincount`` does, but into float64 directly, and since
+        numpy 1.25 it is the faster of the two.
+        """
+        counts = np.zeros(self.size)
+        for start, stop, index, nnz in self.blocks():
+            np.add.at(counts, index, 1.0 if weights is None else np.repeat(weights[start:stop], nnz))
+        return counts.reshape(self.num_cols, NUM_AMINO_ACIDS)
 
 
-def _henikoff(indexed: _Indexed) -> np.ndarray:
-    counts = indexed.counts()
-    counts[:, GAP] = 0.0
-    distinct = (counts > 0) @ _ONES
-    # 1 / (r_j * n_ja), computed for every (column, code) pair; only pairs that occur are looked up, so
-    # the max(., 1) guards only keep the unused ones finite. GAP terms are 0.
-    table = 1.0 / (np.maximum(counts, 1.0) * np.maximum(distinct, 1.0)[:, None])
-    table[:, GAP] = 0.0
-    flat = table.ravel()
-    weights = np.zeros(indexed.num_rows)
-    for start, stop, index in indexed.blocks():
-        weights[start:stop] = flat.take(index).sum(axis=1)
-    total = weights.sum()
-    if total > 0:
-        weights *= indexed.num_rows / total
+def _segment_sums(values: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Sums of consecutive segments of ``values`` of the given lengths (0 for an empty one).
+
+    ``values`` ends with one extra 0, so every segment start is a valid ``reduceat`` index.
+    """
+    sums = np.add.reduceat(values, np.cumsum(lengths) - lengths)
+    sums[lengths == 0] = 0.0
+    return sums
+
+
+def _henikoff(chunk: _Chunk) -> np.ndarray:
+    counts = chunk.counts()
+    distinct = np.minimum(counts, 1.0) @ _ONES
+    counts *= distinct[:, None]  # r_j * n_ja, inverted below only where looked up (n_ja > 0 there)
+    flat = counts.ravel()
+    weights = np.zeros(chunk.num_rows + 1)  # the extra 0 ends the last segment (see _segment_sums)
+    for start, stop, index, nnz in chunk.blocks():
+        values = np.zeros(index.size + 1)
+        terms = values[:-1]
+        flat.take(index, out=terms, mode="clip")  # (indices are in range; "raise" would buffer ``out``)
+        np.divide(1.0, terms, out=terms)
+        weights[start:stop] = _segment_sums(values, nnz)
+    totals = _segment_sums(weights, chunk.rows)  # per alignment
+    scale = np.divide(chunk.rows, totals, out=np.ones_like(totals), where=totals > 0)
+    weights = weights[:-1]
+    weights *= np.repeat(scale, chunk.rows)
     return weights
+
+
+def _chunk_profiles(
+    chunk: _Chunk, henikoff: bool, pseudocount: float, prior: np.ndarray
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    counts = chunk.counts(_henikoff(chunk) if henikoff else None)
+    total = counts @ _ONES + pseudocount  # row sums: a matrix-vector product beats sum(axis=1)
+    has_profile = total > 0
+    counts += prior
+    profile = np.empty(counts.shape, dtype=np.float32)
+    if has_profile.all():
+        np.divide(counts, total[:, None], out=profile)
+    else:
+        np.divide(counts, np.where(has_profile, total, 1.0)[:, None], out=profile)
+        profile[~has_profile] = 0.0
+    starts = chunk.col_starts
+    return [(profile[a:b], has_profile[a:b]) for a, b in zip(starts, starts[1:])]
