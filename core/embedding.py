@@ -29,8 +29,8 @@ def load_model(checkpoint_path: Path, backend_name: str | None = None,
     from plmforge.core.spec import validate_spec
 
     checkpoint_path = Path(checkpoint_path)
-    if not (checkpoint_path / ckpt.WEIGHTS).is_file() and ckpt.latest_checkpoint(checkpoint_path) is not None:
-        checkpoint_path = ckpt.latest_checkpoint(checkpoint_path)  # a run directory: its latest checkpoint
+    if not (checkpoint_path / ckpt.WEIGHTS).is_file():  # a run directory: its latest checkpoint
+        checkpoint_path = ckpt.latest_checkpoint(checkpoint_path) or checkpoint_path
     spec_file = checkpoint_path / ckpt.SPEC
     if not spec_file.is_file():
         raise PlmforgeError(f"{checkpoint_path}: not a plmforge checkpoint directory (no {ckpt.SPEC})")

@@ -17,6 +17,7 @@ import numpy as np
 
 from plmforge.core.backend import Backend
 from plmforge.core.data.batching import round_up
+from plmforge.core.errors import PlmforgeError
 from plmforge.core.vocab import Vocab
 
 Strategy = Literal["greedy", "beam", "sample"]
@@ -193,7 +194,6 @@ def generate_from_checkpoint(checkpoint_path, prompts: Sequence[tuple[str, str]]
     ``[S2S]`` when the model's vocabulary has it.
     """
     from plmforge.core.embedding import load_model
-    from plmforge.core.errors import PlmforgeError
 
     backend, vocab = load_model(checkpoint_path, backend_name)
     if prefix == "auto":

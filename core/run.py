@@ -79,13 +79,20 @@ def merged_needs(slots: Iterable[ObjectiveSlot]) -> ModelNeeds:
 
 
 def build_backend(spec: Spec, vocab: Vocab, slots: list[ObjectiveSlot], registry: Registry) -> Backend:
+    """The spec's backend, set up for ``slots``."""
+    return make_backend(registry.load("backend", spec.backend.name), spec.backend.config, spec, len(vocab), slots)
+
+
+def make_backend(backend_cls: type[Backend], options: Any, spec: Spec, vocab_size: int,
+                 slots: Iterable[ObjectiveSlot]) -> Backend:
+    """A set-up backend of ``backend_cls`` for objective instances that need not be registered plugins."""
+    slots = tuple(slots)
     needs = merged_needs(slots)
     if needs.decoder_lm and not spec.model.has_decoder:
         raise PlmforgeError("an objective needs decoder logits but model.num_decoder_layers is 0")
-    context = BackendContext(model=spec.model, vocab_size=len(vocab), needs=needs, objectives=tuple(slots),
+    context = BackendContext(model=spec.model, vocab_size=vocab_size, needs=needs, objectives=slots,
                              training=spec.training, seed=spec.seed)
-    backend_cls = registry.load("backend", spec.backend.name)
-    backend = backend_cls(spec.backend.config, context)
+    backend = backend_cls(options, context)
     backend.setup()
     return backend
 
@@ -276,7 +283,7 @@ class Trainer:
                     else:
                         progress.update(step)
                     if eval_streams and (step % training.eval_every == 0 or last):
-                        result.eval_metrics = self._evaluate(backend, slots, eval_streams)
+                        result.eval_metrics = self._evaluate(backend, slots, eval_streams, mixer)
                         tracker.log_metrics(result.eval_metrics, step)
                         pm.hook.plmforge_evaluation_end(run=info, step=step, metrics=result.eval_metrics)
                         progress.note(step, result.eval_metrics)
@@ -312,16 +319,15 @@ class Trainer:
         metrics["train/steps_per_second"] = window.steps / elapsed
         return metrics
 
-    def _evaluate(self, backend: Backend, slots: list[ObjectiveSlot],
-                  streams: Mapping[str, ExampleStream]) -> dict[str, float]:
+    def _evaluate(self, backend: Backend, slots: list[ObjectiveSlot], streams: Mapping[str, ExampleStream],
+                  mixer: ObjectiveMixer) -> dict[str, float]:
         window = MetricWindow()
         for label, stream in streams.items():
             for batch in stream.evaluation_batches(self.spec.training.eval_batches):
                 window.add(backend.eval_step({label: batch}))
         averages = window.averages()
         metrics = {f"val/{k}": v for k, v in averages.items()}
-        weights = ObjectiveMixer(self.spec.training.objective_mixing, {s.label: s.weight for s in slots},
-                                 self.spec.seed).expected_weights()
+        weights = mixer.expected_weights()
         total = [weights[s.label] * averages[f"{s.label}/loss"] for s in slots if f"{s.label}/loss" in averages]
         if total:
             metrics["val/loss"] = float(sum(total))

@@ -609,19 +609,15 @@ def _check_backends(checks: _Checks, registry: Registry, wanted: Mapping[str, Ma
 
 def _setup_backend(checks: _Checks, registry: Registry, name: str, options: Mapping[str, Any], spec: Any,
                    slot: Any, objective: Objective) -> Backend | None:
-    from plmforge.core.backend import BackendContext
-    from plmforge.core.run import merged_needs
+    from plmforge.core.run import make_backend
 
     backend_cls = registry.load("backend", name)
     missing = _missing_framework(backend_cls)
     try:
         if missing is not None:
             raise ImportError(missing)
-        # as plmforge.core.run.build_backend does, for an objective that need not be registered
-        context = BackendContext(model=spec.model, vocab_size=len(objective.vocab), needs=merged_needs([slot]),
-                                 objectives=(slot,), training=spec.training, seed=spec.seed)
-        backend = backend_cls(backend_cls.Config.model_validate(dict(options)), context)
-        backend.setup()
+        backend = make_backend(backend_cls, backend_cls.Config.model_validate(dict(options)), spec,
+                               len(objective.vocab), [slot])
     except ImportError as exc:
         checks.add(f"backend.{name}", "skipped", f"its framework is not installed ({exc})")
         return None

@@ -143,6 +143,11 @@ class ProfileSet:
         self.names.append(name)
         return True
 
+    def extend(self, other: ProfileSet) -> None:
+        """Add every profile of ``other`` (queries already here keep theirs and count as duplicates)."""
+        for i, query in enumerate(other.sequences()):
+            self.add(other.names[i], query, other._profiles[i], other._has_profile[i])
+
     def get(self, sequence: str) -> tuple[np.ndarray, np.ndarray] | None:
         """``(profile [L, 20] float32, has_profile [L] bool)`` of a sequence (any case), or None."""
         i = self._index.get(sequence.upper())

@@ -86,7 +86,6 @@ class ProfilePrediction(Objective):
         super().__init__(config, vocab)
         self.config: ProfileConfig = config
         self._profiles: Any = None  # ProfileSet, loaded on first use
-        self.report: dict[str, int] = {}
 
     def needs(self) -> ModelNeeds:
         return ModelNeeds(per_residue_heads={self.config.head: WIDTH})
@@ -107,16 +106,14 @@ class ProfilePrediction(Objective):
             c = self.config
             self._profiles = build_profile_set(c.msas, c.weighting, c.pseudocount, c.background, c.max_rows) \
                 if c.msas else _empty_profile_set()
-            self.report["profiles.from_files"] = len(self._profiles)
         return self._profiles
 
     def prepare(self, proteins: Any, split: str) -> ProteinSource:
         profiles = self.profile_set()
         sequences = [proteins.sequence(i) for i in range(len(proteins))]
         if self.config.search is not None:
-            self._search(proteins, sequences, split)
+            self._search(proteins, sequences)
         has = np.fromiter((s in profiles for s in sequences), dtype=bool, count=len(sequences))
-        self.report[f"{split}.proteins_with_profile"] = int(has.sum())
         keep = np.flatnonzero(has) if self.config.proteins == "with_profile" else np.arange(len(sequences))
         kept = proteins.subset(keep) if len(keep) != len(sequences) else proteins
         kept_sequences = [sequences[i] for i in keep.tolist()]
@@ -131,13 +128,13 @@ class ProfilePrediction(Objective):
 
         return ProteinSource(kept, extras)
 
-    def _search(self, proteins: Any, sequences: list[str], split: str) -> None:
+    def _search(self, proteins: Any, sequences: list[str]) -> None:
         """Build MSAs with pyhmmer for up to ``max_queries`` uncovered proteins and add their profiles."""
-        from plmforge.core.data.msa import read_alignments
         from plmforge.core.data.msa_search import search_msas
-        from plmforge.core.data.profiles import compute_profile
+        from plmforge.core.data.profiles import build_profile_set
 
-        search, profiles = self.config.search, self.profile_set()
+        c = self.config
+        search, profiles = c.search, self.profile_set()
         first_index: dict[str, int] = {}
         for i, sequence in enumerate(sequences):
             first_index.setdefault(sequence, i)
@@ -146,13 +143,9 @@ class ProfilePrediction(Objective):
         paths = search_msas([(names[s], s) for s in missing], search.database, tool=search.tool,
                             iterations=search.iterations, evalue=search.evalue,
                             max_sequences=search.max_sequences, cache_dir=Path(search.cache_dir), cpus=search.cpus)
-        for sequence in missing:
-            (alignment,) = read_alignments(paths[names[sequence]])
-            codes = alignment.codes if self.config.max_rows is None else alignment.codes[: self.config.max_rows]
-            profile, has_profile = compute_profile(codes, self.config.weighting, self.config.pseudocount,
-                                                   self.config.background)
-            profiles.add(alignment.name, alignment.query, profile, has_profile)
-        self.report[f"{split}.profiles_searched"] = len(missing)
+        if paths:
+            profiles.extend(build_profile_set([str(p) for p in paths.values()], c.weighting, c.pseudocount,
+                                              c.background, c.max_rows))
 
     def make_example(self, protein: Protein, rng: np.random.Generator) -> dict[str, np.ndarray]:
         tokens = np.asarray(protein.tokens, dtype=np.int32)
