@@ -11,13 +11,14 @@ checkpoint written by one backend loads in the other, and T5/Ankh checkpoints lo
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
 
 from plmforge.core.errors import CheckpointError
+from plmforge.core.heads import HeadData, HeadProblem, HeadResult, HeadSettings
 from plmforge.core.model_config import ModelConfig
 from plmforge.core.objective import Array, ModelNeeds, Objective
 from plmforge.core.strict import StrictModel
@@ -142,6 +143,15 @@ class Backend(ABC):
         """Decoder LM logits [B, Ld, V] as float32 numpy (eval mode) for padded ids; what generation reads."""
         raise NotImplementedError(f"the {type(self).__name__} backend cannot generate sequences")
 
+    def fit_head(self, problem: HeadProblem, settings: HeadSettings, train: HeadData, validation: HeadData,
+                 predict: Sequence[HeadData]) -> HeadResult:
+        """Train a downstream head (and, when fine-tuning, the encoder) as :mod:`plmforge.core.heads` defines.
+
+        Keeps the weights of the epoch with the lowest validation loss and returns their predictions
+        for each split in ``predict``. The backend's own model weights are unchanged afterwards.
+        """
+        raise NotImplementedError(f"the {type(self).__name__} backend cannot train downstream heads")
+
     @abstractmethod
     def weights(self) -> dict[str, np.ndarray]:
         """Model parameters as float32 numpy arrays with Hugging Face T5 names and layouts."""
@@ -202,6 +212,10 @@ class LazyBackend(Backend):
 
     def decoder_logits(self, encoder_input_ids: np.ndarray, decoder_input_ids: np.ndarray) -> np.ndarray:
         return self._impl.decoder_logits(encoder_input_ids, decoder_input_ids)
+
+    def fit_head(self, problem: HeadProblem, settings: HeadSettings, train: HeadData, validation: HeadData,
+                 predict: Sequence[HeadData]) -> HeadResult:
+        return self._impl.fit_head(problem, settings, train, validation, predict)
 
     def weights(self) -> dict[str, np.ndarray]:
         return self._impl.weights()

@@ -1,0 +1,129 @@
+"""The downstream-head contract between tasks (core) and backends.
+
+A task turns its dataset into :class:`HeadData` (per-protein inputs and labels) and asks the
+backend to fit a head with :meth:`plmforge.core.backend.Backend.fit_head`. The backend trains the
+head in its own framework, picks the epoch with the lowest validation loss, and returns raw
+predictions; the task computes its metrics from those in numpy. So a task is written once and runs
+on every backend, like an objective.
+
+Two ways of feeding the head (``HeadSettings.finetune``):
+
+* ``frozen``: ``HeadData.inputs`` are float embeddings ``[L, d]`` (from any model, or one-hot
+  vectors for the baseline); only the head is trained.
+* ``full`` / ``lora``: ``inputs`` are token ids ``[T]`` of the backend's own encoder (task prefix
+  and ``</s>`` included); the encoder is trained too (all of it, or LoRA adapters on the attention
+  projections q, k, v, o of every encoder layer). The backend's own weights are left as they were.
+
+Head architectures (``HeadSettings.kind``), the same on every backend:
+
+* ``linear``: per residue ``W h + b``; per protein the mean of ``h`` over residues, then ``W · + b``.
+* ``convbert``: the light ConvBERT layer Ankh evaluated with (PAPERS.md): if ``d`` is not divisible
+  by ``heads`` the input is first projected to the next multiple; then one post-norm layer
+  ``h = LN(h + Drop(MHSA(h) + PW(DWConv_k(h))))``, ``h = LN(h + Drop(W2 GELU(W1 h)))`` with 4 heads,
+  depthwise convolution of kernel 7 followed by a pointwise linear, feed-forward width ``d/2``,
+  dropout 0.2, padding masked out of attention, convolution and pooling; per protein max-pooling
+  over residues, then dropout and a linear layer.
+* Pair level (contacts), after either body: ``z = W_p h`` (``pair_dim`` wide) and the symmetric
+  logit ``z_i · z_j / sqrt(pair_dim) + b`` for every residue pair.
+
+Losses: classification is cross-entropy, regression is mean squared error, pair is binary
+cross-entropy on logits; all are means over the labelled items of a batch (ignored items: label
+``-1`` for classification and pairs, NaN for regression).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+from pydantic import Field
+
+from plmforge.core.strict import StrictModel
+
+Level = Literal["residue", "pair", "protein"]
+Target = Literal["classification", "regression"]
+
+#: Label that marks an item to ignore (classification and pair labels; regression uses NaN).
+IGNORE = -1
+
+
+@dataclass(frozen=True)
+class HeadProblem:
+    """What the head predicts: at which level, and classes (``num_outputs`` of them) or a value."""
+
+    level: Level
+    target: Target
+    num_outputs: int  # classes for classification; 1 for regression and for pair (contact) logits
+
+    def __post_init__(self) -> None:
+        if self.level == "pair" and (self.target != "classification" or self.num_outputs != 1):
+            raise ValueError("pair problems are binary: target='classification', num_outputs=1 (one logit)")
+        if self.target == "regression" and self.num_outputs != 1:
+            raise ValueError("regression problems have num_outputs=1")
+
+
+class HeadSettings(StrictModel):
+    """How a task's head is trained (the ``head:`` section of a task in the spec)."""
+
+    kind: Literal["linear", "convbert"] = Field(
+        "convbert", description="'linear' probe, or the light one-layer ConvBERT head Ankh evaluated with.")
+    finetune: Literal["frozen", "full", "lora"] = Field(
+        "frozen", description="'frozen': train the head on fixed embeddings; 'full': fine-tune the whole "
+                              "encoder with the head; 'lora': train LoRA adapters on the encoder's attention "
+                              "projections (q, k, v, o) with the head.")
+    epochs: int = Field(5, ge=1, description="Passes over the training split; the epoch with the lowest "
+                                             "validation loss is kept.")
+    lr: float = Field(1e-3, gt=0, description="AdamW learning rate of the head.")
+    encoder_lr: float = Field(1e-4, gt=0, description="AdamW learning rate of encoder weights or LoRA "
+                                                      "adapters when fine-tuning.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW decoupled weight decay.")
+    batch_size: int = Field(16, ge=1, description="Proteins per batch.")
+    dropout: float = Field(0.2, ge=0, lt=1, description="Dropout inside the ConvBERT head and before the "
+                                                        "per-protein output layer.")
+    heads: int = Field(4, ge=1, description="Attention heads of the ConvBERT layer.")
+    kernel_size: int = Field(7, ge=1, description="Convolution width of the ConvBERT layer (odd).")
+    pair_dim: int = Field(64, ge=1, description="Width of the residue projection whose dot products give "
+                                                "contact logits (pair tasks).")
+    lora_rank: int = Field(8, ge=1, description="Rank of the LoRA adapters.")
+    lora_alpha: float = Field(16.0, gt=0, description="LoRA scale numerator: the update is (alpha/rank)·B·A.")
+    seed: int = Field(0, description="Seeds the head's initialisation, batch order and dropout.")
+
+
+@dataclass
+class HeadData:
+    """One split of a task as the backend sees it: one entry per protein.
+
+    ``inputs[i]``: float32 ``[L_i, d]`` embeddings (frozen) or int32 token ids ``[T_i]`` (fine-tuning),
+    where residue ``r`` of the protein is token ``offset + r`` (``offset`` is 1 with a task prefix).
+    ``labels[i]``: residue level ``[L_i]``; pair level ``[L_i, L_i]`` int8 (1 contact, 0 none,
+    ``IGNORE``); protein level a 0-d array. Classification labels are int64 class indices with
+    ``IGNORE``; regression labels are float32 with NaN for missing.
+    """
+
+    inputs: list[np.ndarray]
+    labels: list[np.ndarray]
+    offset: int = 0
+
+    def __post_init__(self) -> None:
+        if len(self.inputs) != len(self.labels):
+            raise ValueError(f"{len(self.inputs)} inputs but {len(self.labels)} labels")
+
+    def __len__(self) -> int:
+        return len(self.inputs)
+
+
+@dataclass
+class HeadResult:
+    """Predictions for each split given to ``fit_head(predict=...)``, in order, one array per protein.
+
+    Residue level ``[L, C]`` logits (classification) or ``[L]`` values; pair level ``[L, L]`` logits;
+    protein level ``[C]`` logits or a 0-d value. ``history`` has one entry per epoch with
+    ``train_loss`` and ``validation_loss``; ``best_epoch`` (1-based) is the one whose weights made
+    the predictions.
+    """
+
+    predictions: list[list[np.ndarray]]
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_epoch: int = 0
+    trainable_parameters: int = 0
