@@ -16,31 +16,46 @@ from plmforge.core.backend import Backend
 from plmforge.core.data.batching import BatchPlanner, round_up
 from plmforge.core.errors import PlmforgeError
 from plmforge.core.registry import Registry
+from plmforge.core.spec import Spec
 from plmforge.core.vocab import Vocab
 
 
-def load_model(checkpoint_path: Path, backend_name: str | None = None,
+def checkpoint_dir(path: Path) -> Path:
+    """The checkpoint directory ``path`` names: itself, or a run directory's latest checkpoint."""
+    path = Path(path)
+    if not (path / ckpt.WEIGHTS).is_file():
+        path = ckpt.latest_checkpoint(path) or path
+    if not (path / ckpt.SPEC).is_file():
+        raise PlmforgeError(f"{path}: not a plmforge checkpoint directory (no {ckpt.SPEC})")
+    return path
+
+
+def checkpoint_spec(path: Path, backend: str | dict | None = None, registry: Registry | None = None) -> Spec:
+    """The spec a checkpoint was trained with; ``backend`` (a name or a backend section) replaces its own."""
+    from plmforge.core.spec import validate_spec
+
+    spec_file = Path(path) / ckpt.SPEC
+    raw = yaml.safe_load(spec_file.read_text())
+    if backend:
+        raw["backend"] = {"name": backend} if isinstance(backend, str) else dict(backend)
+    raw["tasks"] = []  # the model's spec, not its evaluation: tasks come from the evaluation spec
+    return validate_spec(raw, source=str(spec_file), registry=registry or Registry())
+
+
+def load_model(checkpoint_path: Path, backend_name: str | dict | None = None,
                registry: Registry | None = None) -> tuple[Backend, Vocab]:
     """A backend holding the checkpoint's weights, and the vocabulary it was trained with.
 
-    ``checkpoint_path`` is a checkpoint directory or a run's output directory (its latest checkpoint).
+    ``checkpoint_path`` is a checkpoint directory or a run's output directory (its latest checkpoint);
+    ``backend_name`` (a name or a backend section) replaces the backend it was trained on.
     """
     from plmforge.core.run import build_backend, build_objectives
-    from plmforge.core.spec import validate_spec
 
-    checkpoint_path = Path(checkpoint_path)
-    if not (checkpoint_path / ckpt.WEIGHTS).is_file():  # a run directory: its latest checkpoint
-        checkpoint_path = ckpt.latest_checkpoint(checkpoint_path) or checkpoint_path
-    spec_file = checkpoint_path / ckpt.SPEC
-    if not spec_file.is_file():
-        raise PlmforgeError(f"{checkpoint_path}: not a plmforge checkpoint directory (no {ckpt.SPEC})")
-    raw = yaml.safe_load(spec_file.read_text())
-    if backend_name:
-        raw["backend"] = {"name": backend_name}
     registry = registry or Registry()
-    spec = validate_spec(raw, source=str(spec_file), registry=registry)
+    path = checkpoint_dir(checkpoint_path)
+    spec = checkpoint_spec(path, backend_name, registry)
     vocab, slots = build_objectives(spec)
-    loaded = ckpt.load_checkpoint(checkpoint_path, with_training_state=False)
+    loaded = ckpt.load_checkpoint(path, with_training_state=False)
     backend = build_backend(spec, vocab, slots, registry)
     backend.load_weights(loaded.weights)
     return backend, vocab

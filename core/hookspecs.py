@@ -51,6 +51,15 @@ def plmforge_checkpoint_saved(run: Any, step: int, path: Path) -> None:
 
 
 @hookspec
+def plmforge_task_end(run: Any, task: str, reference: str, metrics: dict[str, float]) -> None:
+    """A downstream task's head was fitted and scored, after pretraining (``spec.tasks``).
+
+    ``task`` is the task label, ``reference`` is ``"model"`` for the trained model or the reference
+    row (``"onehot"``, ``"random"``), and ``metrics`` are its test metrics (e.g. ``q3``, ``accuracy``).
+    """
+
+
+@hookspec
 def plmforge_run_end(run: Any, status: str, summary: dict[str, Any]) -> None:
     """A run ends. ``status`` is ``"finished"``, ``"failed"`` or ``"interrupted"``.
 

@@ -18,6 +18,11 @@ def warn(message: str, console: Any = None) -> None:
     _console(console).print(f"[bold yellow]warning:[/] {message}", highlight=False)
 
 
+def say(message: str, console: Any = None) -> None:
+    """A line of news for people (evaluation steps), on stderr like the progress bar."""
+    _console(console).print(f"[cyan]eval[/] {message}", highlight=False)
+
+
 def _summary(metrics: Mapping[str, float]) -> str:
     parts = []
     if "train/loss" in metrics:

@@ -52,6 +52,7 @@ class RunResult:
     tracking_run_id: str | None = None
     tracking_failure: str | None = None
     data_report: dict[str, int] = field(default_factory=dict)
+    tasks: list[Any] = field(default_factory=list)  # plmforge.core.evaluation.TaskOutcome, one per head
 
 
 # -- building blocks (also used by `embed` and tests) ------------------------------------------------
@@ -291,6 +292,8 @@ class Trainer:
                         result.checkpoint = self._save(backend, vocab, step, train_streams, run_id, result)
                         saved_step = step
                         pm.hook.plmforge_checkpoint_saved(run=info, step=step, path=result.checkpoint)
+            if spec.tasks and main:
+                result.tasks = self._run_tasks(backend, vocab, tracker, info, pm)
             status = "finished"
         except KeyboardInterrupt:
             status = "interrupted"
@@ -318,6 +321,19 @@ class Trainer:
         metrics["train/tokens_per_second"] = window.residues / elapsed
         metrics["train/steps_per_second"] = window.steps / elapsed
         return metrics
+
+    def _run_tasks(self, backend: Backend, vocab: Vocab, tracker: Tracker, info: RunInfo, pm: Any) -> list[Any]:
+        """Downstream tasks on the trained model, each a nested MLflow run under this one."""
+        from plmforge.core.evaluation import run_tasks
+        from plmforge.core.progress import say
+
+        def task_end(outcome: Any) -> None:
+            pm.hook.plmforge_task_end(run=info, task=outcome.label, reference=outcome.reference,
+                                      metrics=outcome.metrics["test"])
+
+        return run_tasks(self.spec, self.spec, backend, vocab, tracker, self.output_dir, self.registry,
+                         say=lambda text: say(text, self.console) if self.show_progress else None,
+                         on_task_end=task_end)
 
     def _evaluate(self, backend: Backend, slots: list[ObjectiveSlot], streams: Mapping[str, ExampleStream],
                   mixer: ObjectiveMixer) -> dict[str, float]:
@@ -356,6 +372,7 @@ class Trainer:
         spec = self.spec
         commit = git_commit(Path(__file__).resolve().parent)
         tags: dict[str, Any] = {
+            "plmforge.kind": "pretrain",
             "plmforge.version": __version__,
             "plmforge.backend": spec.backend.name,
             "plmforge.objectives": ",".join(spec.objective_labels()),

@@ -1,6 +1,6 @@
 """JSON Schema of the whole spec, with every installed plugin's options, for YAML editors.
 
-Each ``objectives`` item and the ``backend`` section become a union over installed plugins,
+Each ``objectives`` and ``tasks`` item and the ``backend`` section become a union over installed plugins,
 told apart by ``name``, so an editor completes and documents the options of the plugin named.
 A plugin that fails to load is left out (and reported by ``plmforge plugins``).
 """
@@ -13,11 +13,12 @@ from pydantic import Field, create_model
 
 from plmforge.core.errors import PluginError
 from plmforge.core.registry import Registry
-from plmforge.core.spec import BackendSection, ObjectiveSection, Spec
+from plmforge.core.spec import BackendSection, ObjectiveSection, Spec, TaskSection
 
 _HOST_FIELDS = {
     "objective": ObjectiveSection.model_fields,
     "backend": BackendSection.model_fields,
+    "task": TaskSection.model_fields,
 }
 
 
@@ -47,9 +48,11 @@ def spec_json_schema(registry: Registry | None = None) -> dict[str, Any]:
     registry = registry or Registry()
     objective = _union(_variants(registry, "objective"), ObjectiveSection)
     backend = _union(_variants(registry, "backend"), BackendSection)
+    task = _union(_variants(registry, "task"), TaskSection)
     full = create_model(
         "Spec", __base__=Spec,
         objectives=(list[objective], Spec.model_fields["objectives"]),
+        tasks=(list[task], Spec.model_fields["tasks"]),
         backend=(backend | None, Field(None, description="Numerical backend plugin and its options.")))
     schema = full.model_json_schema()
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
@@ -108,7 +111,7 @@ def _field_rows(model: type, prefix: str, only: tuple[str, ...] | None = None) -
 def spec_reference_markdown(registry: Registry | None = None) -> str:
     """The spec reference (docs/spec-reference.md), generated from the field descriptions."""
     from plmforge.core.model_config import PRESETS, ModelConfig
-    from plmforge.core.spec import DataConfig, TrackingConfig, TrainingConfig
+    from plmforge.core.spec import DataConfig, EvaluationConfig, TrackingConfig, TrainingConfig
 
     registry = registry or Registry()
     header = "| key | type | default | description |\n|---|---|---|---|"
@@ -120,15 +123,15 @@ def spec_reference_markdown(registry: Registry | None = None) -> str:
            "## Top level", "", header]
     out += _field_rows(Spec, "", only=("name", "seed", "output_dir"))
     for key, model in (("data", DataConfig), ("model", ModelConfig), ("training", TrainingConfig),
-                       ("tracking", TrackingConfig)):
+                       ("tracking", TrackingConfig), ("evaluation", EvaluationConfig)):
         out += ["", f"## `{key}`", ""]
         if model is ModelConfig:
             presets = ", ".join(f"`{name}` (d_model {p['d_model']}, {p['num_layers']}+{p['num_decoder_layers']} "
                                 f"layers, {p['feed_forward_proj']})" for name, p in PRESETS.items())
             out += [f"Presets: {presets}. Keys given next to `preset` override it.", ""]
         out += [header, *_field_rows(model, f"{key}.")]
-    for kind, section, host in (("backend", "backend", BackendSection), ("objective", "objectives[]",
-                                                                            ObjectiveSection)):
+    for kind, section, host in (("backend", "backend", BackendSection),
+                                ("objective", "objectives[]", ObjectiveSection), ("task", "tasks[]", TaskSection)):
         out += ["", f"## `{section}` — {kind} plugins", "", "Host keys:", "", header,
                 *_field_rows(host, f"{section}.")]
         for name in registry.names(kind):

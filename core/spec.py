@@ -140,8 +140,29 @@ class ObjectiveSection(PluginSection):
         None, description="Name used in metric keys; defaults to the plugin name (must be unique in a spec).")
 
 
+class TaskSection(PluginSection):
+    """One ``tasks:`` item. ``name`` and ``label`` are the host's; the rest is the task plugin's."""
+
+    name: str = Field(description="Task plugin name (see `plmforge plugins`).")
+    label: str | None = Field(
+        None, description="Name used in run names and metric keys; defaults to the plugin name (unique in a spec).")
+
+
+class EvaluationConfig(StrictModel):
+    """How the ``tasks`` are run, after pretraining or by `plmforge evaluate`."""
+
+    references: list[Literal["onehot", "random"]] = Field(
+        default_factory=lambda: ["onehot", "random"],
+        description="Reference rows evaluated by the same heads: 'onehot' residues and a 'random'ly initialised "
+                    "model of the same size; they show what pretraining buys.")
+    embedding_cache: bool = Field(
+        True, description="Cache frozen embeddings under <output_dir>/embedding-cache, keyed by model weights, "
+                          "prefix and proteins, so several heads (and later evaluations) embed once.")
+    batch_tokens: int = Field(8192, gt=0, description="Padded tokens per embedding batch.")
+
+
 class Spec(StrictModel):
-    """A whole run: data, model, backend, objectives, training, tracking."""
+    """A whole run: data, model, backend, objectives, training, tracking, downstream tasks."""
 
     name: str = Field(description="Run name; used for the output directory and the MLflow run name.")
     seed: int = Field(0, description="Seeds weights, data order, masking and dropout.")
@@ -152,16 +173,20 @@ class Spec(StrictModel):
     objectives: list[ObjectiveSection] = Field(min_length=1, description="Pretraining objectives and weights.")
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    tasks: list[TaskSection] = Field(
+        default_factory=list, description="Downstream tasks run after pretraining (and by `plmforge evaluate`).")
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
 
     @model_validator(mode="after")
     def _labels_unique(self) -> Spec:
-        seen: dict[str, int] = {}
-        for i, entry in enumerate(self.objectives):
-            label = entry.label or entry.name
-            if label in seen:
-                raise ValueError(f"objectives[{i}] and objectives[{seen[label]}] are both labelled {label!r}; "
-                                 f"give one a distinct 'label'")
-            seen[label] = i
+        for section, entries in (("objectives", self.objectives), ("tasks", self.tasks)):
+            seen: dict[str, int] = {}
+            for i, entry in enumerate(entries):
+                label = entry.label or entry.name
+                if label in seen:
+                    raise ValueError(f"{section}[{i}] and {section}[{seen[label]}] are both labelled {label!r}; "
+                                     f"give one a distinct 'label'")
+                seen[label] = i
         return self
 
     # -- derived ---------------------------------------------------------------------------------
@@ -240,6 +265,7 @@ def spec_plugin_sections(spec: Spec | None, raw: dict[str, Any]) -> list[tuple]:
     if spec is not None:
         out.append((("backend",), "backend", spec.backend.name, spec.backend.plugin_options(), spec.backend))
         out += [(("objectives", i), "objective", e.name, e.plugin_options(), e) for i, e in enumerate(spec.objectives)]
+        out += [(("tasks", i), "task", e.name, e.plugin_options(), e) for i, e in enumerate(spec.tasks)]
         return out
     backend = raw.get("backend", {}) if isinstance(raw, dict) else {}
     if isinstance(backend, dict) and isinstance(backend.get("name", "torch"), str):
@@ -250,6 +276,11 @@ def spec_plugin_sections(spec: Spec | None, raw: dict[str, Any]) -> list[tuple]:
         if isinstance(item, dict) and isinstance(item.get("name"), str):
             options = {k: v for k, v in item.items() if k not in ObjectiveSection.model_fields}
             out.append((("objectives", i), "objective", item["name"], options, None))
+    tasks = raw.get("tasks") if isinstance(raw, dict) else None
+    for i, item in enumerate(tasks if isinstance(tasks, list) else []):
+        if isinstance(item, dict) and isinstance(item.get("name"), str):
+            options = {k: v for k, v in item.items() if k not in TaskSection.model_fields}
+            out.append((("tasks", i), "task", item["name"], options, None))
     return out
 
 

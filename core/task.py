@@ -1,32 +1,149 @@
 """The Task contract: a downstream evaluation of a pretrained model.
 
-A task owns its dataset, its head (linear probe, light ConvBERT or fine-tuning), its loss and its
-metrics, and runs as a nested MLflow run under the pretraining run. Tasks arrive with the
-downstream-evaluation work; the contract is here so the registry can check task plugins now.
+A task owns its dataset (train / validation / test proteins with labels), says what shape its
+prediction has (:class:`~plmforge.core.heads.HeadProblem`) and turns predictions into metrics and
+pictures, all in numpy. It never touches a framework: the run embeds the proteins (or hands token ids
+for fine-tuning) and the backend trains the head (:meth:`Backend.fit_head`), so a task written once
+runs on every backend, like an objective. Register a subclass under the ``plmforge.tasks`` entry point.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar, Literal
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar
 
+import numpy as np
+from pydantic import Field
+
+from plmforge.core.heads import IGNORE, HeadProblem, HeadSettings, Level, Target
 from plmforge.core.strict import StrictModel
+
+SPLITS = ("train", "validation", "test")
 
 
 class TaskConfig(StrictModel):
-    """Base class of a task's options."""
+    """Options every task has; a task's ``Config`` subclasses this and adds its own."""
+
+    head: HeadSettings = Field(default_factory=HeadSettings,
+                               description="How the head is trained: kind, fine-tuning, epochs, rates.")
+    prefix: str | None = Field(
+        None, description="Task prefix put before each protein when embedding (e.g. '[NLU]' or '[S2S]' for "
+                          "Ankh3-style models); null uses none. The model must know the token.")
+    max_length: int = Field(512, ge=8, description="Residues kept per protein (the first max_length).")
+    max_train_proteins: int | None = Field(
+        None, ge=1, description="Train on a seeded random subset of at most this many proteins (null: all).")
+    max_test_proteins: int | None = Field(
+        None, ge=1, description="Evaluate on a seeded random subset of at most this many validation and test "
+                                "proteins each (null: all).")
+
+
+@dataclass
+class TaskSplit:
+    """Proteins of one split with one label array each (shapes and ignore values as in :class:`HeadData`)."""
+
+    ids: list[str]
+    sequences: list[str]
+    labels: list[np.ndarray]
+
+    def __post_init__(self) -> None:
+        if not len(self.ids) == len(self.sequences) == len(self.labels):
+            raise ValueError("ids, sequences and labels must have one entry per protein")
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def subset(self, indices: np.ndarray | list[int]) -> TaskSplit:
+        return TaskSplit([self.ids[i] for i in indices], [self.sequences[i] for i in indices],
+                         [self.labels[i] for i in indices])
+
+    def cropped(self, max_length: int, level: Level) -> TaskSplit:
+        """Keep the first ``max_length`` residues (labels cut to match)."""
+        def cut(label: np.ndarray) -> np.ndarray:
+            if level == "residue":
+                return label[:max_length]
+            if level == "pair":
+                return label[:max_length, :max_length]
+            return label
+        return TaskSplit(self.ids, [s[:max_length] for s in self.sequences], [cut(y) for y in self.labels])
+
+
+@dataclass
+class TaskData:
+    """A task's three splits and, for classification, its class names."""
+
+    splits: dict[str, TaskSplit]
+    classes: list[str] | None = None
+    source: str = ""
+    notes: dict[str, str] = field(default_factory=dict)
 
 
 class Task(ABC):
-    """Base class of task plugins, registered under the ``plmforge.tasks`` entry point."""
+    """Base class of task plugins.
+
+    Subclasses set ``Config``, ``level`` and ``target``, implement :meth:`load` and, if they like,
+    rename or add metrics in :meth:`metrics` and pictures in :meth:`figures`.
+    """
 
     Config: ClassVar[type[TaskConfig]] = TaskConfig
     #: Shape of the prediction: one label per residue, per residue pair, or per protein.
-    level: ClassVar[Literal["residue", "pair", "protein"]] = "protein"
+    level: ClassVar[Level] = "protein"
+    #: Classes (cross-entropy, accuracy-like metrics) or a value (mean squared error, Spearman).
+    target: ClassVar[Target] = "classification"
 
     def __init__(self, config: TaskConfig):
         self.config = config
 
     @abstractmethod
-    def evaluate(self, embedder: Any) -> dict[str, float]:
-        """Train the task head on embeddings from ``embedder`` and return test metrics."""
+    def load(self) -> TaskData:
+        """The dataset, split into ``train``, ``validation`` and ``test``."""
+
+    def problem(self, data: TaskData) -> HeadProblem:
+        """What the head predicts; classification width comes from the number of classes."""
+        if self.level == "pair":
+            return HeadProblem("pair", "classification", 1)
+        if self.target == "regression":
+            return HeadProblem(self.level, "regression", 1)
+        if not data.classes:
+            raise ValueError(f"{type(self).__name__}: a classification task must name its classes")
+        return HeadProblem(self.level, "classification", len(data.classes))
+
+    def metrics(self, predictions: list[np.ndarray], split: TaskSplit, data: TaskData) -> dict[str, float]:
+        """Metrics of one split from the head's predictions (one array per protein)."""
+        from plmforge.core import metrics as m
+
+        if self.level == "pair":
+            return m.contact_metrics(predictions, split.labels)
+        if self.target == "regression":
+            pred = np.concatenate([np.ravel(p) for p in predictions])
+            true = np.concatenate([np.ravel(y) for y in split.labels]).astype(np.float64)
+            return m.regression_metrics(pred, true)
+        logits = np.concatenate([np.reshape(p, (-1, p.shape[-1])) for p in predictions])
+        labels = np.concatenate([np.ravel(y) for y in split.labels]).astype(np.int64)
+        if len(data.classes or ()) == 2:
+            return m.binary_metrics(logits, labels)
+        return m.classification_metrics(logits, labels, len(data.classes or ()))
+
+    def figures(self, predictions: list[np.ndarray], split: TaskSplit, data: TaskData,
+                directory: Path) -> list[Path]:
+        """Pictures worth looking at: a confusion matrix, a contact map or a scatter plot."""
+        from plmforge.core import figures as f
+        from plmforge.core import metrics as m
+
+        directory.mkdir(parents=True, exist_ok=True)
+        name = type(self).__name__
+        if self.level == "pair":
+            index = int(np.argmax([len(y) for y in split.labels]))  # the longest test protein
+            probabilities = 1.0 / (1.0 + np.exp(-predictions[index]))
+            return [f.contact_map_png(probabilities, split.labels[index], directory / "contact_map.png",
+                                      f"{name}: {split.ids[index]} (upper: predicted, lower: true)")]
+        if self.target == "regression":
+            pred = np.concatenate([np.ravel(p) for p in predictions])
+            true = np.concatenate([np.ravel(y) for y in split.labels]).astype(np.float64)
+            return [f.regression_scatter_png(pred, true, directory / "scatter.png", name)]
+        classes = data.classes or []
+        logits = np.concatenate([np.reshape(p, (-1, p.shape[-1])) for p in predictions])
+        labels = np.concatenate([np.ravel(y) for y in split.labels]).astype(np.int64)
+        matrix = m.confusion_matrix(np.argmax(logits, axis=-1), labels, len(classes), ignore=IGNORE)
+        return [f.confusion_matrix_png(matrix, classes, directory / "confusion_matrix.png", name)]

@@ -75,8 +75,11 @@ class Tracker:
         self._client: Any = None
 
     # -- lifecycle --------------------------------------------------------------------------------
-    def start(self, resume_run_id: str | None = None) -> str | None:
-        """Create (or reopen) the MLflow run; returns its id, or None if tracking is off or failed."""
+    def start(self, resume_run_id: str | None = None, parent_run_id: str | None = None) -> str | None:
+        """Create (or reopen) the MLflow run; returns its id, or None if tracking is off or failed.
+
+        With ``parent_run_id`` the new run is nested under that run (MLflow's ``mlflow.parentRunId`` tag).
+        """
         if not self.enabled:
             return None
         # a dead server must not hold the run for minutes of HTTP retries
@@ -93,13 +96,21 @@ class Tracker:
                 experiment = self._client.get_experiment_by_name(self.experiment)
                 experiment_id = (experiment.experiment_id if experiment is not None
                                  else self._client.create_experiment(self.experiment))
-                self.run_id = self._client.create_run(experiment_id, run_name=self.run_name).info.run_id
+                tags = {"mlflow.parentRunId": parent_run_id} if parent_run_id else None
+                self.run_id = self._client.create_run(experiment_id, run_name=self.run_name, tags=tags).info.run_id
         except Exception as exc:  # noqa: BLE001 - tracking must not stop training
             self._fail(f"cannot start an MLflow run at {self.tracking_uri}: {type(exc).__name__}: {exc}")
             return None
         self._thread = threading.Thread(target=self._work, name="plmforge-mlflow", daemon=True)
         self._thread.start()
         return self.run_id
+
+    def child(self, run_name: str) -> Tracker | None:
+        """A started run nested under this one (same store and experiment); None when not tracking."""
+        if self.run_id is None or self.failure is not None:
+            return None
+        nested = Tracker(True, self.tracking_uri, self.experiment, run_name, warn=self._warn)
+        return nested if nested.start(parent_run_id=self.run_id) else None
 
     def end(self, status: str = "FINISHED") -> None:
         """Send what is queued (waiting at most FLUSH_TIMEOUT seconds) and close the run."""

@@ -1,0 +1,45 @@
+"""Contact prediction: residue pairs whose Cβ atoms (Cα for glycine) are closer than 8 Å.
+
+Pairs closer than ``min_separation`` in sequence are not trained on (they are trivially near); the
+metrics are the usual precisions of the top L, L/2 and L/5 predictions among long-range
+(|i−j| ≥ 24) and medium-range (12 ≤ |i−j| ≤ 23) pairs.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from pydantic import Field
+
+from plmforge.core.heads import IGNORE
+from plmforge.core.task import Task, TaskConfig, TaskData, TaskSplit
+from plmforge.plugins.tasks.builtin_data import contact_map, load_structures
+
+
+class ContactConfig(TaskConfig):
+    threshold: float = Field(8.0, gt=0, description="Contact distance between Cβ atoms (Cα for Gly), in Å.")
+    min_separation: int = Field(6, ge=1, description="Pairs nearer than this in sequence are ignored.")
+
+
+def contact_labels(cb: np.ndarray, threshold: float, min_separation: int) -> np.ndarray:
+    """[L, L] int8: 1 contact, 0 none, IGNORE for missing coordinates and near-diagonal pairs."""
+    labels = contact_map(cb, threshold)
+    index = np.arange(len(labels))
+    labels[np.abs(index[:, None] - index[None, :]) < min_separation] = IGNORE
+    return labels
+
+
+class ContactPrediction(Task):
+    """Residue-pair contacts (Cβ < 8 Å) on the built-in PDB chains; precision at L, L/2, L/5."""
+
+    Config = ContactConfig
+    level = "pair"
+    target = "classification"
+
+    def load(self) -> TaskData:
+        splits: dict[str, TaskSplit] = {}
+        for chain in load_structures():
+            split = splits.setdefault(chain.split, TaskSplit([], [], []))
+            split.ids.append(chain.id)
+            split.sequences.append(chain.sequence)
+            split.labels.append(contact_labels(chain.cb, self.config.threshold, self.config.min_separation))
+        return TaskData(splits, classes=["no contact", "contact"], source="builtin structures (coordinates)")

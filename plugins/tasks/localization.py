@@ -1,0 +1,34 @@
+"""Subcellular localization: one of 13 SCL2205 location classes per protein.
+
+The proteins are the built-in pretraining corpus with its homology-reduced split, as the issue
+intends: pretraining sees only the train split, and this task is scored on the held-out test split.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from plmforge.core.data.sources import load_builtin
+from plmforge.core.task import Task, TaskConfig, TaskData, TaskSplit
+
+
+class LocalizationConfig(TaskConfig):
+    pass
+
+
+class Localization(Task):
+    """Per-protein subcellular location (13 classes, SCL2205); accuracy and macro-F1."""
+
+    Config = LocalizationConfig
+    level = "protein"
+    target = "classification"
+
+    def load(self) -> TaskData:
+        sets = load_builtin("scl2205")
+        classes = sorted(set(sets["train"].labels))
+        index = {name: i for i, name in enumerate(classes)}
+        splits = {}
+        for name, proteins in sets.items():
+            splits[name] = TaskSplit(list(proteins.names), [proteins.sequence(i) for i in range(len(proteins))],
+                                     [np.array(index[label], dtype=np.int64) for label in proteins.labels])
+        return TaskData(splits, classes=classes, source="builtin:scl2205")
