@@ -65,6 +65,11 @@ def train(spec: Path, resume: bool, overrides: tuple[str, ...], no_progress: boo
     for key, value in sorted(result.eval_metrics.items()):
         if not re.search(r"/p\d", key):  # per masking probability: in MLflow, too many to print
             click.echo(f"  {key:<40} {value:.4f}")
+    if result.tasks:
+        from plmforge.core.evaluation import outcomes_table
+
+        click.echo("downstream tasks (test split):")
+        click.echo(outcomes_table(result.tasks))
     if result.checkpoint:
         click.echo(f"  checkpoint: {result.checkpoint}")
     if result.tracking_run_id and not result.tracking_failure:
@@ -76,6 +81,30 @@ def train(spec: Path, resume: bool, overrides: tuple[str, ...], no_progress: boo
             click.echo(f"  view it: mlflow ui --backend-store-uri {uri}")
     elif result.tracking_failure:
         click.echo(f"  tracking: {result.tracking_failure}", err=True)
+
+
+@main.command()
+@click.argument("spec", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--checkpoint", required=True, type=click.Path(path_type=Path),
+              help="A checkpoint directory, or a run directory (its latest checkpoint).")
+@_SET
+@click.option("--json", "as_json", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the metrics of every task and reference row to this JSON file.")
+@click.option("--no-progress", is_flag=True, help="No progress lines.")
+def evaluate(spec: Path, checkpoint: Path, overrides: tuple[str, ...], as_json: Path | None,
+             no_progress: bool) -> None:
+    """Run the downstream tasks of SPEC on a checkpoint, as an MLflow evaluation run with nested task runs."""
+    from plmforge.core.evaluation import evaluate_checkpoint, outcomes_json, outcomes_table
+    from plmforge.core.progress import say
+    from plmforge.core.spec import load_spec
+
+    loaded = load_spec(spec, list(overrides))
+    outcomes, run_id = evaluate_checkpoint(loaded, checkpoint, say=(lambda text: None) if no_progress else say)
+    click.echo(outcomes_table(outcomes))
+    if as_json is not None:
+        as_json.write_text(outcomes_json(outcomes) + "\n")
+    if run_id:
+        click.echo(f"MLflow evaluation run {run_id} in experiment {loaded.tracking.experiment!r}")
 
 
 @main.command()
@@ -222,6 +251,52 @@ def generate(checkpoint: Path, prompts: tuple[str, ...], fasta: Path | None, kee
     if scored:
         mean = sum(scored) / len(scored)
         click.echo(f"mean identity to the true continuation: {mean:.3f} over {len(scored)} proteins", err=True)
+
+
+@main.command()
+@click.argument("run_ids", nargs=-1, metavar="[RUN_ID]...")
+@click.option("-e", "--experiment", "experiments", multiple=True, metavar="NAME",
+              help="Compare the top-level runs of this experiment (repeatable). Default: every experiment.")
+@click.option("--runs", "runs", multiple=True, metavar="ID",
+              help="Compare exactly these runs, in this order: full or short ids (--runs A B, --runs A,B).")
+@click.option("-m", "--metric", "metrics", multiple=True, metavar="PATTERN",
+              help="Metrics to show, fnmatch pattern (repeatable); replaces the default train/loss, val/loss, task/*.")
+@click.option("--references", is_flag=True, help="Also show the reference/* metrics (one-hot and random baselines).")
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "markdown"]), default="table", show_default=True,
+              help="csv: raw values for scripts (no best marks); markdown: best in bold, for docs.")
+@click.option("--plot", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write a PNG of loss curves and downstream task metrics.")
+@click.option("--tracking-uri", default=None, metavar="URI",
+              help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db).")
+def compare(run_ids: tuple[str, ...], experiments: tuple[str, ...], runs: tuple[str, ...], metrics: tuple[str, ...],
+            references: bool, fmt: str, plot: Path | None, tracking_uri: str | None) -> None:
+    """Runs side by side: differing spec params, final losses, task metrics; best per column marked *.
+
+    Rows are top-level runs (pretraining and evaluations); the per-task child runs are summed up in their
+    parent's task/* columns. With runs from several experiments an experiment column is added.
+    """
+    from plmforge.core import compare as comparing
+    from plmforge.core.tracking import resolve_tracking_uri
+
+    ids = [i.strip() for value in (*runs, *run_ids) for i in value.split(",") if i.strip()]
+    source = comparing.RunSource(resolve_tracking_uri(tracking_uri))
+    try:
+        selected = source.select(list(experiments), ids)
+    except comparing.NoRuns as exc:
+        click.echo(str(exc), err=True)
+        return
+    comparison = comparing.build_comparison(selected, list(metrics) or comparing.DEFAULT_METRICS, references)
+    for pattern in comparison.unmatched if metrics else ():
+        click.echo(f"note: no logged metric matches {pattern!r}", err=True)
+    if fmt == "csv":
+        click.echo(comparing.render_csv(comparison), nl=False)
+    elif fmt == "markdown":
+        click.echo(comparing.render_markdown(comparison), nl=False)
+    else:
+        comparing.render_table(comparison)
+    if plot is not None:
+        comparing.plot_comparison(comparison, plot, source.history)
+        click.echo(f"wrote {plot}", err=True)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -296,10 +296,11 @@ def contact_precision(logits: np.ndarray, labels: np.ndarray, min_sep: int, max_
 def contact_metrics(list_of_logits: list[np.ndarray], list_of_labels: list[np.ndarray]) -> dict[str, float]:
     """Long- and medium-range precision at L, L/2 and L/5, averaged over proteins.
 
-    Keys ``long_P@L``, ``long_P@L/2``, ``long_P@L/5`` (``|i − j| >= 24``) and ``medium_P@L``,
-    ``medium_P@L/2``, ``medium_P@L/5`` (``12 <= |i − j| <= 23``), where ``L`` is each protein's length
-    and the number of pairs taken is ``max(1, L // k)``. A protein with no candidate pair in a range
-    (too short, or all ignored) is left out of that range's mean; NaN if no protein has any.
+    Keys ``long_P_L``, ``long_P_L2``, ``long_P_L5`` (precision of the top L, L/2, L/5 pairs with
+    ``|i − j| >= 24``) and ``medium_P_L``, ``medium_P_L2``, ``medium_P_L5`` (``12 <= |i − j| <= 23``),
+    where ``L`` is each protein's length and the number of pairs taken is ``max(1, L // k)``. A protein
+    with no candidate pair in a range (too short, or all ignored) is left out of that range's mean; NaN
+    if no protein has any.
     """
     if len(list_of_logits) != len(list_of_labels):
         raise ValueError(f"{len(list_of_logits)} contact maps of logits but {len(list_of_labels)} of labels")
@@ -308,8 +309,8 @@ def contact_metrics(list_of_logits: list[np.ndarray], list_of_labels: list[np.nd
         length = np.asarray(labels).shape[0]
         for name, (low, high) in CONTACT_RANGES.items():
             for k in CONTACT_TOPS:
-                key = f"{name}_P@L" if k == 1 else f"{name}_P@L/{k}"
+                key = f"{name}_P_L" if k == 1 else f"{name}_P_L{k}"
                 value = contact_precision(logits, labels, low, high, max(1, length // k))
                 per_key.setdefault(key, []).append(value)
-    keys = [f"{name}_P@L" if k == 1 else f"{name}_P@L/{k}" for name in ("long", "medium") for k in CONTACT_TOPS]
+    keys = [f"{name}_P_L" if k == 1 else f"{name}_P_L{k}" for name in ("long", "medium") for k in CONTACT_TOPS]
     return {key: _nanmean(per_key.get(key, [])) for key in keys}

@@ -20,7 +20,9 @@ def warn(message: str, console: Any = None) -> None:
 
 def say(message: str, console: Any = None) -> None:
     """A line of news for people (evaluation steps), on stderr like the progress bar."""
-    _console(console).print(f"[cyan]eval[/] {message}", highlight=False)
+    from rich.markup import escape
+
+    _console(console).print(f"[cyan]eval[/] {escape(message)}", highlight=False)
 
 
 def _summary(metrics: Mapping[str, float]) -> str:

@@ -248,8 +248,8 @@ def test_contact_precision_edge_cases():
 
 def test_contact_metrics_averages_over_proteins():
     logits, labels = _contact_example()
-    expected = {"long_P@L": 5 / 20, "long_P@L/2": 4 / 15, "long_P@L/5": 3 / 6,
-                "medium_P@L": 5 / 30, "medium_P@L/2": 4 / 15, "medium_P@L/5": 3 / 6}
+    expected = {"long_P_L": 5 / 20, "long_P_L2": 4 / 15, "long_P_L5": 3 / 6,
+                "medium_P_L": 5 / 30, "medium_P_L2": 4 / 15, "medium_P_L5": 3 / 6}
     one = contact_metrics([logits], [labels])
     assert list(one) == list(expected)
     assert one == pytest.approx(expected)

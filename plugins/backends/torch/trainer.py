@@ -137,6 +137,12 @@ class TorchTrainer:
             logits = self.model(encoder, decoder, outputs=("decoder_logits",))["decoder_logits"]
         return logits.float().cpu().numpy()
 
+    def fit_head(self, problem: Any, settings: Any, train: Any, validation: Any, predict: Any) -> Any:
+        """Downstream heads (:mod:`plmforge.core.heads`); imported lazily to keep this module light."""
+        from plmforge.plugins.backends.torch.heads import fit_head
+
+        return fit_head(self, problem, settings, train, validation, predict)
+
     # -- state ------------------------------------------------------------------------------------
     def weights(self) -> dict[str, np.ndarray]:
         # copies: on CPU .numpy() would alias the live parameters, which the next step changes

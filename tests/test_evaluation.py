@@ -1,0 +1,177 @@
+"""Downstream evaluation: reference inputs, the embedding cache, nested MLflow runs and `plmforge evaluate`."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import yaml
+from click.testing import CliRunner
+from helpers import tiny_spec_dict
+
+from plmforge.core.errors import PlmforgeError
+from plmforge.core.evaluation import EmbeddingCache, one_hot, weights_key
+
+pytest.importorskip("torch")
+
+#: Small real tasks: peptides and PDB chains, capped so a head trains in a second.
+TASKS = [
+    {"name": "antimicrobial", "label": "amp", "max_train_proteins": 120, "max_test_proteins": 60,
+     "head": {"kind": "linear", "epochs": 2, "batch_size": 32}},
+    {"name": "secondary_structure", "label": "ss3", "max_train_proteins": 24, "max_test_proteins": 12,
+     "max_length": 128, "head": {"kind": "convbert", "epochs": 2, "batch_size": 8}},
+]
+
+
+def test_one_hot_marks_standard_residues_only():
+    encoded = one_hot("ACYXU")
+    assert encoded.shape == (5, 20) and encoded.dtype == np.float32
+    assert encoded[0, 0] == 1 and encoded[1, 1] == 1 and encoded[2, 19] == 1
+    assert encoded[3].sum() == 0 and encoded[4].sum() == 0  # X and U are no standard residue
+    assert encoded.sum() == 3
+
+
+def test_weights_key_depends_on_values_and_names():
+    a = {"w": np.ones((2, 2), np.float32)}
+    assert weights_key(a) == weights_key({"w": np.ones((2, 2), np.float64)})
+    assert weights_key(a) != weights_key({"w": np.full((2, 2), 1.0001, np.float32)})
+    assert weights_key(a) != weights_key({"v": np.ones((2, 2), np.float32)})
+
+
+def test_embedding_cache_round_trip_and_recovery(tmp_path):
+    calls = []
+
+    def compute(sequences):
+        calls.append(list(sequences))
+        return [np.arange(len(s) * 3, dtype=np.float32).reshape(len(s), 3) / 7 for s in sequences]
+
+    cache = EmbeddingCache(tmp_path / "cache")
+    first = cache.get("model-a", "[NLU]", ["MKT", "GS"], compute)
+    again = cache.get("model-a", "[NLU]", ["MKT", "GS"], compute)
+    assert len(calls) == 1 and (cache.hits, cache.misses) == (1, 1)
+    for x, y in zip(first, again):
+        np.testing.assert_allclose(x, y, atol=1e-3)  # stored as float16
+    cache.get("model-b", "[NLU]", ["MKT", "GS"], compute)  # other weights: computed again
+    cache.get("model-a", None, ["MKT", "GS"], compute)  # other prefix: computed again
+    assert len(calls) == 3
+    entry = next(p for p in (tmp_path / "cache" / "model-a").iterdir() if p.name.startswith("[NLU]-"))
+    entry.write_bytes(b"truncated")  # a damaged entry is recomputed, not trusted
+    recovered = cache.get("model-a", "[NLU]", ["MKT", "GS"], compute)
+    assert len(calls) == 4 and recovered[0].shape == (3, 3)
+    assert not list((tmp_path / "cache").rglob("*.tmp"))
+
+
+def _child_runs(client, parent_id):
+    runs = client.search_runs([client.get_run(parent_id).info.experiment_id],
+                              filter_string=f"tags.mlflow.parentRunId = '{parent_id}'")
+    return {(r.data.tags["plmforge.task"], r.data.tags["plmforge.reference"]): r for r in runs}
+
+
+@pytest.mark.slow
+def test_tasks_after_pretraining_are_nested_runs(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from plmforge.core.run import train
+    from plmforge.core.spec import validate_spec
+
+    raw = tiny_spec_dict(tmp_path, steps=4, checkpoint_every=4, eval_every=4)
+    raw["tasks"] = TASKS
+    raw["evaluation"] = {"references": ["onehot"]}
+    result = train(validate_spec(raw), show_progress=False)
+    assert [(o.label, o.reference) for o in result.tasks] == [("amp", "model"), ("amp", "onehot"),
+                                                               ("ss3", "model"), ("ss3", "onehot")]
+    client = MlflowClient(raw["tracking"]["tracking_uri"])
+    parent = client.get_run(result.tracking_run_id)
+    assert parent.data.tags["plmforge.kind"] == "pretrain"
+    for key in ("task/amp/accuracy", "task/amp/mcc", "task/amp/auroc", "task/ss3/q3", "task/ss3/macro_f1",
+                "reference/onehot/ss3/q3", "reference/onehot/amp/auroc"):
+        assert key in parent.data.metrics, key
+    assert 0.0 <= parent.data.metrics["task/ss3/q3"] <= 1.0
+    children = _child_runs(client, result.tracking_run_id)
+    assert set(children) == {("amp", "model"), ("amp", "onehot"), ("ss3", "model"), ("ss3", "onehot")}
+    ss3 = children[("ss3", "model")]
+    assert ss3.data.tags["plmforge.kind"] == "task" and ss3.info.status == "FINISHED"
+    assert ss3.data.metrics["test/q3"] == pytest.approx(parent.data.metrics["task/ss3/q3"])
+    assert "validation/q3" in ss3.data.metrics
+    assert ss3.data.params["head.kind"] == "convbert" and ss3.data.params["proteins.test"] == "12"
+    assert len(client.get_metric_history(ss3.info.run_id, "head/train_loss")) == 2  # one per epoch
+    figures = [a.path for a in client.list_artifacts(ss3.info.run_id, "figures")]
+    assert figures == ["figures/confusion_matrix.png"]
+    # nested runs are not top-level runs: the experiment has exactly one run without a parent
+    top = [r for r in client.search_runs([parent.info.experiment_id]) if "mlflow.parentRunId" not in r.data.tags]
+    assert [r.info.run_id for r in top] == [result.tracking_run_id]
+
+
+@pytest.mark.slow
+def test_evaluate_command_nests_under_an_evaluation_run_and_reuses_embeddings(tmp_path, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    from plmforge.core import embedding
+    from plmforge.core.cli import main
+    from plmforge.core.run import train
+    from plmforge.core.spec import validate_spec
+
+    raw = tiny_spec_dict(tmp_path, steps=2, checkpoint_every=2, eval_every=2)
+    result = train(validate_spec(raw), show_progress=False)
+    evaluation = dict(raw, name="tiny-eval", tasks=TASKS[1:], evaluation={"references": ["onehot", "random"]})
+    evaluation["tracking"] = dict(raw["tracking"], experiment="evaluations")
+    spec_file = tmp_path / "evaluate.yaml"
+    spec_file.write_text(yaml.safe_dump(evaluation))
+    embedded = []
+    original = embedding.embed_sequences
+    monkeypatch.setattr(embedding, "embed_sequences",
+                        lambda *a, **k: embedded.append(len(a[2])) or original(*a, **k))
+    runner = CliRunner()
+    out = runner.invoke(main, ["evaluate", str(spec_file), "--checkpoint", str(tmp_path / "run"),
+                               "--no-progress", "--json", str(tmp_path / "out.json")])
+    assert out.exit_code == 0, out.output
+    assert "ss3" in out.output and "random init" in out.output
+    assert len(embedded) == 6  # three splits, for the model and for the random-init model
+    client = MlflowClient(raw["tracking"]["tracking_uri"])
+    experiment = client.get_experiment_by_name("evaluations")
+    runs = client.search_runs([experiment.experiment_id])
+    top = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(top) == 1 and top[0].data.tags["plmforge.kind"] == "evaluation"
+    assert top[0].data.tags["plmforge.checkpoint"] == str(result.checkpoint.resolve())
+    assert top[0].data.params["model.d_model"] == "32"
+    children = _child_runs(client, top[0].info.run_id)
+    assert set(children) == {("ss3", "model"), ("ss3", "onehot"), ("ss3", "random")}
+    model_q3 = top[0].data.metrics["task/ss3/q3"]
+    random_q3 = top[0].data.metrics["reference/random/ss3/q3"]
+    assert model_q3 != random_q3  # two different encoders, not one evaluated twice
+    # a second evaluation of the same checkpoint embeds nothing
+    again = runner.invoke(main, ["evaluate", str(spec_file), "--checkpoint", str(result.checkpoint),
+                                 "--no-progress"])
+    assert again.exit_code == 0, again.output
+    assert len(embedded) == 6
+
+
+def test_unknown_prefix_and_missing_tasks_are_clear_errors(tmp_path):
+    from plmforge.core.evaluation import evaluate_checkpoint
+    from plmforge.core.run import train
+    from plmforge.core.spec import validate_spec
+
+    raw = tiny_spec_dict(tmp_path, steps=1, checkpoint_every=1, eval_every=1)
+    raw["tracking"]["enabled"] = False
+    train(validate_spec(raw), show_progress=False)
+    with pytest.raises(PlmforgeError, match="lists no tasks"):
+        evaluate_checkpoint(validate_spec(raw), tmp_path / "run")
+    raw["tasks"] = [dict(TASKS[0], prefix="[NLU]")]
+    with pytest.raises(PlmforgeError, match=r"task amp: prefix '\[NLU\]' is not in this model's vocabulary"):
+        evaluate_checkpoint(validate_spec(raw), tmp_path / "run")
+
+
+def test_spec_rejects_duplicate_task_labels_and_bad_head_options(tmp_path):
+    from plmforge.core.errors import SpecError
+    from plmforge.core.spec import validate_spec
+
+    raw = tiny_spec_dict(tmp_path)
+    raw["tasks"] = [{"name": "secondary_structure"}, {"name": "secondary_structure", "states": 8}]
+    with pytest.raises(SpecError, match="both labelled 'secondary_structure'"):
+        validate_spec(raw)
+    raw["tasks"] = [{"name": "secondary_structure", "states": 4, "head": {"kind": "mlp"}}]
+    with pytest.raises(SpecError) as info:
+        validate_spec(raw)
+    assert "tasks[0].states" in str(info.value) and "tasks[0].head.kind" in str(info.value)
+    raw["tasks"] = [{"name": "no_such_task"}]
+    with pytest.raises(SpecError, match=r"tasks\[0\]\.name"):
+        validate_spec(raw)
