@@ -129,6 +129,10 @@ def validate(spec: Path, overrides: tuple[str, ...], print_spec: bool) -> None:
     click.echo(f"  model {loaded.model.preset or 'custom'}: d_model {loaded.model.d_model}, "
                f"{loaded.model.num_layers}+{loaded.model.num_decoder_layers} layers")
     click.echo(f"  {loaded.training.steps} steps; output {loaded.resolved_output_dir}")
+    if loaded.tasks:
+        tasks = ", ".join(f"{t.label or t.name} ({t.name})" for t in loaded.tasks)
+        references = ", ".join(loaded.evaluation.references) or "none"
+        click.echo(f"  tasks {tasks}; references {references}")
 
 
 @main.command()

@@ -26,9 +26,16 @@ Head architectures (``HeadSettings.kind``), the same on every backend:
 * Pair level (contacts), after either body: ``z = W_p h`` (``pair_dim`` wide) and the symmetric
   logit ``z_i · z_j / sqrt(pair_dim) + b`` for every residue pair.
 
+Details both backends share: every head linear and the depthwise convolution have a bias (the
+pair projection ``W_p`` has none; the pair bias starts at 0); attention is scaled by
+``1/sqrt(head_dim)`` with no dropout on its probabilities; LayerNorm eps 1e-5; exact (erf) GELU;
+the linear head has no dropout. Both ``(i, j)`` and ``(j, i)`` of a pair label count; tasks mark the
+diagonal and near-diagonal pairs ``IGNORE`` themselves.
+
 Losses: classification is cross-entropy, regression is mean squared error, pair is binary
 cross-entropy on logits; all are means over the labelled items of a batch (ignored items: label
-``-1`` for classification and pairs, NaN for regression).
+``-1`` for classification and pairs, NaN for regression). The per-epoch losses in the history (and
+the one that picks the best epoch) are means over all labelled items of the split.
 """
 
 from __future__ import annotations
@@ -37,7 +44,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from plmforge.core.strict import StrictModel
 
@@ -79,10 +86,17 @@ class HeadSettings(StrictModel):
                                                       "adapters when fine-tuning.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW decoupled weight decay.")
     batch_size: int = Field(16, ge=1, description="Proteins per batch.")
-    dropout: float = Field(0.2, ge=0, lt=1, description="Dropout inside the ConvBERT head and before the "
-                                                        "per-protein output layer.")
+    dropout: float = Field(0.2, ge=0, lt=1, description="Dropout inside the ConvBERT head and before its "
+                                                        "per-protein output layer (the linear probe has none).")
     heads: int = Field(4, ge=1, description="Attention heads of the ConvBERT layer.")
     kernel_size: int = Field(7, ge=1, description="Convolution width of the ConvBERT layer (odd).")
+
+    @field_validator("kernel_size")
+    @classmethod
+    def _odd(cls, value: int) -> int:
+        if value % 2 == 0:
+            raise ValueError("kernel_size must be odd, so the convolution is centred on each residue")
+        return value
     pair_dim: int = Field(64, ge=1, description="Width of the residue projection whose dot products give "
                                                 "contact logits (pair tasks).")
     lora_rank: int = Field(8, ge=1, description="Rank of the LoRA adapters.")

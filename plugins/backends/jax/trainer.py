@@ -176,6 +176,11 @@ class JaxTrainer:
         rows, length = arrays[DECODER_INPUT].shape
         return np.asarray(_to_host(logits))[:rows, :length]
 
+    def fit_head(self, problem, settings, train, validation, predict):
+        from plmforge.plugins.backends.jax.heads import fit_head
+
+        return fit_head(self, problem, settings, train, validation, predict)
+
     # -- state ------------------------------------------------------------------------------------
     def weights(self) -> dict[str, np.ndarray]:
         return {name: np.asarray(_to_host(value), dtype=np.float32) for name, value in self.params.items()}
