@@ -6,6 +6,7 @@ import inspect
 from pathlib import Path
 
 import pytest
+from helpers import tiny_spec_dict
 
 from plmforge.core import hookspecs
 from plmforge.core.hookspecs import hookimpl
@@ -52,6 +53,10 @@ class Recorder:
         self.calls.append(("plmforge_checkpoint_saved", dict(run=run, step=step, path=path)))
 
     @hookimpl
+    def plmforge_task_end(self, run, task, reference, metrics):
+        self.calls.append(("plmforge_task_end", dict(run=run, task=task, reference=reference, metrics=metrics)))
+
+    @hookimpl
     def plmforge_run_end(self, run, status, summary):
         self.calls.append(("plmforge_run_end", dict(run=run, status=status, summary=summary)))
 
@@ -67,11 +72,15 @@ def test_every_hookspec_has_documentation():
 
 
 @pytest.mark.slow
-def test_hooks_are_called_with_documented_arguments(tiny_spec, fake_distribution):
+def test_hooks_are_called_with_documented_arguments(tiny_spec, fake_distribution, tmp_path):
     fake_distribution("hook-only-plugin", {"plmforge.hooks": {"recorder": "hook_only_mod"}},
                       {"hook_only_mod": HOOK_MODULE})
     recorder = Recorder()
-    spec = tiny_spec(steps=4, log_every=2, eval_every=2, checkpoint_every=4)
+    raw = tiny_spec_dict(tmp_path, steps=4, log_every=2, eval_every=2, checkpoint_every=4)
+    raw["tasks"] = [{"name": "antimicrobial", "label": "amp", "max_train_proteins": 40, "max_test_proteins": 20,
+                     "head": {"kind": "linear", "epochs": 1}}]
+    raw["evaluation"] = {"references": ["onehot"]}
+    spec = tiny_spec(raw)
     result = train(spec, hooks=[recorder], show_progress=False)
     by_name: dict[str, list[dict]] = {}
     for name, kwargs in recorder.calls:
@@ -92,6 +101,9 @@ def test_hooks_are_called_with_documented_arguments(tiny_spec, fake_distribution
     assert all(k.startswith("val/") for k in by_name["plmforge_evaluation_end"][0]["metrics"])
     saved = by_name["plmforge_checkpoint_saved"]
     assert [c["step"] for c in saved] == [4] and (saved[0]["path"] / "model.safetensors").is_file()
+    assert [(c["task"], c["reference"]) for c in by_name["plmforge_task_end"]] == [("amp", "model"),
+                                                                                  ("amp", "onehot")]
+    assert set(by_name["plmforge_task_end"][0]["metrics"]) == {"accuracy", "mcc", "auroc"}
     end = by_name["plmforge_run_end"][0]
     assert end["status"] == "finished" and end["summary"]["step"] == 4
     assert end["summary"]["checkpoint"] == str(saved[0]["path"])
