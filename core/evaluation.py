@@ -133,6 +133,19 @@ def _write_embeddings(path: Path, vectors: list[np.ndarray]) -> None:
     os.replace(temporary, path)  # atomic: a crash never leaves a half-written cache entry
 
 
+def standardize(inputs: dict[str, HeadData]) -> None:
+    """Z-score every input feature with the train split's residue statistics, in place.
+
+    Heads then see inputs of one scale whatever produced them (one-hot columns, embeddings of any
+    norm), so a fixed learning rate and epoch budget is fair to every representation.
+    """
+    flat = np.concatenate(inputs["train"].inputs).astype(np.float64)
+    mean = flat.mean(axis=0)
+    std = np.maximum(flat.std(axis=0), 1e-6)
+    for data in inputs.values():
+        data.inputs = [((x - mean) / std).astype(np.float32) for x in data.inputs]
+
+
 def subsample(split: TaskSplit, limit: int | None, seed: int) -> TaskSplit:
     """At most ``limit`` proteins, drawn without replacement by a seeded generator (order kept)."""
     if limit is None or len(split) <= limit:
@@ -161,7 +174,7 @@ class Evaluator:
                  parent: Tracker, references: list[str], make_random_backend: Callable[[], Backend] | None,
                  cache: EmbeddingCache, output_dir: Path, seed: int = 0, batch_tokens: int = 8192,
                  say: Callable[[str], None] = lambda text: None,
-                 on_task_end: Callable[[TaskOutcome], None] = lambda outcome: None):
+                 on_task_end: Callable[[TaskOutcome], None] = lambda outcome: None, standardize: bool = True):
         self.tasks = tasks
         self.backend = backend
         self.vocab = vocab
@@ -175,6 +188,7 @@ class Evaluator:
         self.batch_tokens = batch_tokens
         self.say = say
         self.on_task_end = on_task_end
+        self.standardize = standardize
         self._random: Representation | None = None
 
     def run(self) -> list[TaskOutcome]:
@@ -240,6 +254,8 @@ class Evaluator:
         title = f"{label} [{REFERENCE_NAMES[reference]}]"
         self.say(f"{title}: {'embedding' if settings.finetune == 'frozen' else 'tokenizing'} proteins")
         inputs = {name: self._inputs(task, split, representation) for name, split in splits.items()}
+        if settings.finetune == "frozen" and self.standardize:
+            standardize(inputs)
         problem = task.problem(data)
         self.say(f"{title}: fitting a {settings.kind} head ({settings.finetune}, {settings.epochs} epochs)")
         fitter = representation.backend or self.backend  # one-hot heads train on the run's backend
@@ -326,7 +342,7 @@ def run_tasks(spec: Any, model_spec: Any, backend: Backend, vocab: Vocab, parent
     evaluator = Evaluator(load_tasks(spec.tasks), backend, vocab, weights_key(backend.weights()), parent,
                           list(spec.evaluation.references), make_random_backend, cache, output_dir,
                           seed=spec.seed, batch_tokens=spec.evaluation.batch_tokens, say=say,
-                          on_task_end=on_task_end)
+                          on_task_end=on_task_end, standardize=spec.evaluation.standardize)
     return evaluator.run()
 
 

@@ -159,6 +159,9 @@ class EvaluationConfig(StrictModel):
         True, description="Cache frozen embeddings under <output_dir>/embedding-cache, keyed by model weights, "
                           "prefix and proteins, so several heads (and later evaluations) embed once.")
     batch_tokens: int = Field(8192, gt=0, description="Padded tokens per embedding batch.")
+    standardize: bool = Field(
+        True, description="Z-score each frozen input feature with train-split statistics before fitting a head, "
+                          "so one-hot columns and embeddings of any scale train alike under one learning rate.")
 
 
 class Spec(StrictModel):

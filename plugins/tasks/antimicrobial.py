@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import numpy as np
+from pydantic import Field
 
+from plmforge.core.heads import HeadSettings
 from plmforge.core.task import Task, TaskConfig, TaskData, TaskSplit
 from plmforge.plugins.tasks.builtin_data import load_antimicrobial
 
 
 class AntimicrobialConfig(TaskConfig):
-    pass
+    head: HeadSettings = Field(default_factory=lambda: HeadSettings(epochs=10), description=(
+        "How the head is trained (10 epochs by default)."))
 
 
 class Antimicrobial(Task):

@@ -10,12 +10,14 @@ from __future__ import annotations
 import numpy as np
 from pydantic import Field
 
-from plmforge.core.heads import IGNORE
+from plmforge.core.heads import IGNORE, HeadSettings
 from plmforge.core.task import Task, TaskConfig, TaskData, TaskSplit
 from plmforge.plugins.tasks.builtin_data import contact_map, load_structures
 
 
 class ContactConfig(TaskConfig):
+    head: HeadSettings = Field(default_factory=lambda: HeadSettings(epochs=40), description=(
+        "How the head is trained. 40 epochs by default: the built-in chains give only a few batches per epoch."))
     threshold: float = Field(8.0, gt=0, description="Contact distance between Cβ atoms (Cα for Gly), in Å.")
     min_separation: int = Field(6, ge=1, description="Pairs nearer than this in sequence are ignored.")
 

@@ -7,13 +7,16 @@ intends: pretraining sees only the train split, and this task is scored on the h
 from __future__ import annotations
 
 import numpy as np
+from pydantic import Field
 
 from plmforge.core.data.sources import load_builtin
+from plmforge.core.heads import HeadSettings
 from plmforge.core.task import Task, TaskConfig, TaskData, TaskSplit
 
 
 class LocalizationConfig(TaskConfig):
-    pass
+    head: HeadSettings = Field(default_factory=lambda: HeadSettings(epochs=10), description=(
+        "How the head is trained (10 epochs by default)."))
 
 
 class Localization(Task):

@@ -12,12 +12,14 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from plmforge.core.heads import IGNORE
+from plmforge.core.heads import IGNORE, HeadSettings
 from plmforge.core.task import Task, TaskConfig, TaskData, TaskSplit
 from plmforge.plugins.tasks.builtin_data import DSSP3, DSSP8, dssp8_to_3, load_structures
 
 
 class SecondaryStructureConfig(TaskConfig):
+    head: HeadSettings = Field(default_factory=lambda: HeadSettings(epochs=40), description=(
+        "How the head is trained. 40 epochs by default: the built-in chains give only a few batches per epoch."))
     states: Literal[3, 8] = Field(3, description="3-state (H, E, C; reported as q3) or 8-state DSSP (q8).")
 
 
