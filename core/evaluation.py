@@ -267,12 +267,12 @@ class Evaluator:
         outcome = TaskOutcome(label, reference, metrics, result.best_epoch, seconds)
         figure_dir = self.output_dir / "tasks" / label / reference
         outcome.figures = task.figures(result.predictions[1], splits["test"], data, figure_dir)
-        outcome.run_id = self._log(label, task, representation, splits, result, outcome)
+        outcome.run_id = self._log(label, task, data, representation, splits, result, outcome)
         shown = "  ".join(f"{k} {v:.4f}" for k, v in metrics["test"].items())
         self.say(f"{title}: test {shown}  ({seconds:.0f} s)")
         return outcome
 
-    def _log(self, label: str, task: Task, representation: Representation, splits: dict[str, TaskSplit],
+    def _log(self, label: str, task: Task, data: TaskData, representation: Representation, splits: dict[str, TaskSplit],
              result: HeadResult, outcome: TaskOutcome) -> str | None:
         parent = self.parent
         reference = representation.name
@@ -282,6 +282,7 @@ class Evaluator:
                             "plmforge.task_plugin": type(task).__name__,
                             "plmforge.trainable_parameters": result.trainable_parameters})
             params = flatten(task.config.model_dump(mode="json"))
+            params.update({f"data.{k}": v for k, v in data.notes.items()})
             params.update({"task": label, "reference": reference,
                            **{f"proteins.{name}": len(split) for name, split in splits.items()}})
             child.log_params(params)

@@ -67,7 +67,8 @@ def _child_runs(client, parent_id):
 
 
 @pytest.mark.slow
-def test_tasks_after_pretraining_are_nested_runs(tmp_path):
+@pytest.mark.parametrize("backend", ["torch", "jax"])
+def test_tasks_after_pretraining_are_nested_runs(tmp_path, backend):
     from mlflow.tracking import MlflowClient
 
     from plmforge.core.run import train
@@ -76,12 +77,13 @@ def test_tasks_after_pretraining_are_nested_runs(tmp_path):
     raw = tiny_spec_dict(tmp_path, steps=4, checkpoint_every=4, eval_every=4)
     raw["tasks"] = TASKS
     raw["evaluation"] = {"references": ["onehot"]}
+    raw["backend"] = {"name": backend}
     result = train(validate_spec(raw), show_progress=False)
     assert [(o.label, o.reference) for o in result.tasks] == [("amp", "model"), ("amp", "onehot"),
                                                                ("ss3", "model"), ("ss3", "onehot")]
     client = MlflowClient(raw["tracking"]["tracking_uri"])
     parent = client.get_run(result.tracking_run_id)
-    assert parent.data.tags["plmforge.kind"] == "pretrain"
+    assert parent.data.tags["plmforge.kind"] == "pretrain" and parent.data.tags["plmforge.backend"] == backend
     for key in ("task/amp/accuracy", "task/amp/mcc", "task/amp/auroc", "task/ss3/q3", "task/ss3/macro_f1",
                 "reference/onehot/ss3/q3", "reference/onehot/amp/auroc"):
         assert key in parent.data.metrics, key
@@ -143,6 +145,21 @@ def test_evaluate_command_nests_under_an_evaluation_run_and_reuses_embeddings(tm
                                  "--no-progress"])
     assert again.exit_code == 0, again.output
     assert len(embedded) == 6
+
+
+def test_standardize_uses_train_statistics_for_every_split():
+    from plmforge.core.evaluation import standardize
+    from plmforge.core.heads import HeadData
+
+    train = HeadData([np.array([[1.0, 5.0], [3.0, 5.0]], np.float32), np.array([[2.0, 5.0]], np.float32)],
+                     [np.zeros(2), np.zeros(1)])
+    test = HeadData([np.array([[4.0, 6.0]], np.float32)], [np.zeros(1)])
+    inputs = {"train": train, "test": test}
+    standardize(inputs)
+    # column 0: mean 2, std sqrt(2/3); column 1 is constant: std floored, centred to 0
+    np.testing.assert_allclose(inputs["train"].inputs[0][:, 0], [-1 / np.sqrt(2 / 3), 1 / np.sqrt(2 / 3)], rtol=1e-6)
+    np.testing.assert_allclose(inputs["test"].inputs[0][0, 0], 2 / np.sqrt(2 / 3), rtol=1e-6)
+    assert inputs["train"].inputs[0][0, 1] == 0 and inputs["test"].inputs[0][0, 1] == pytest.approx(1e6)
 
 
 def test_unknown_prefix_and_missing_tasks_are_clear_errors(tmp_path):
