@@ -10,9 +10,10 @@ runs on every backend, like an objective. Register a subclass under the ``plmfor
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 from pydantic import Field
@@ -67,6 +68,23 @@ class TaskSplit:
                 return label[:max_length, :max_length]
             return label
         return TaskSplit(self.ids, [s[:max_length] for s in self.sequences], [cut(y) for y in self.labels])
+
+
+def head_field(epochs: int, why: str) -> Any:
+    """A task config's ``head`` field whose default trains for ``epochs`` (``why`` says why that many)."""
+    return Field(default_factory=lambda: HeadSettings(epochs=epochs),
+                 description=f"How the head is trained ({epochs} epochs by default: {why}).")
+
+
+def splits_from_rows(rows: Iterable[tuple[str, str, str, np.ndarray]]) -> dict[str, TaskSplit]:
+    """Group ``(split, id, sequence, label)`` rows into one TaskSplit per split, in row order."""
+    splits: dict[str, TaskSplit] = {}
+    for split_name, ident, sequence, label in rows:
+        split = splits.setdefault(split_name, TaskSplit([], [], []))
+        split.ids.append(ident)
+        split.sequences.append(sequence)
+        split.labels.append(label)
+    return splits
 
 
 @dataclass

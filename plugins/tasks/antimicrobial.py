@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import numpy as np
-from pydantic import Field
 
 from plmforge.core.heads import HeadSettings
-from plmforge.core.task import Task, TaskConfig, TaskData, TaskSplit
+from plmforge.core.task import Task, TaskConfig, TaskData, head_field, splits_from_rows
 from plmforge.plugins.tasks.builtin_data import load_antimicrobial
 
 
 class AntimicrobialConfig(TaskConfig):
-    head: HeadSettings = Field(default_factory=lambda: HeadSettings(epochs=10), description=(
-        "How the head is trained (10 epochs by default)."))
+    head: HeadSettings = head_field(10, "a few thousand peptides")
 
 
 class Antimicrobial(Task):
@@ -23,10 +21,7 @@ class Antimicrobial(Task):
     target = "classification"
 
     def load(self) -> TaskData:
-        splits: dict[str, TaskSplit] = {}
-        for number, (sequence, label, split_name) in enumerate(load_antimicrobial()):
-            split = splits.setdefault(split_name, TaskSplit([], [], []))
-            split.ids.append(f"peptide{number}")
-            split.sequences.append(sequence)
-            split.labels.append(np.array(label, dtype=np.int64))
+        rows = ((split, f"peptide{number}", sequence, np.array(label, dtype=np.int64))
+                for number, (sequence, label, split) in enumerate(load_antimicrobial()))
+        splits = splits_from_rows(rows)
         return TaskData(splits, classes=["non-AMP", "AMP"], source="builtin antimicrobial (modlAMP)")

@@ -11,13 +11,12 @@ import numpy as np
 from pydantic import Field
 
 from plmforge.core.heads import IGNORE, HeadSettings
-from plmforge.core.task import Task, TaskConfig, TaskData, TaskSplit
+from plmforge.core.task import Task, TaskConfig, TaskData, head_field, splits_from_rows
 from plmforge.plugins.tasks.builtin_data import contact_map, load_structures
 
 
 class ContactConfig(TaskConfig):
-    head: HeadSettings = Field(default_factory=lambda: HeadSettings(epochs=40), description=(
-        "How the head is trained. 40 epochs by default: the built-in chains give only a few batches per epoch."))
+    head: HeadSettings = head_field(40, "the built-in chains give only a few batches per epoch")
     threshold: float = Field(8.0, gt=0, description="Contact distance between Cβ atoms (Cα for Gly), in Å.")
     min_separation: int = Field(6, ge=1, description="Pairs nearer than this in sequence are ignored.")
 
@@ -38,10 +37,8 @@ class ContactPrediction(Task):
     target = "classification"
 
     def load(self) -> TaskData:
-        splits: dict[str, TaskSplit] = {}
-        for chain in load_structures():
-            split = splits.setdefault(chain.split, TaskSplit([], [], []))
-            split.ids.append(chain.id)
-            split.sequences.append(chain.sequence)
-            split.labels.append(contact_labels(chain.cb, self.config.threshold, self.config.min_separation))
+        config = self.config
+        splits = splits_from_rows((chain.split, chain.id, chain.sequence,
+                                   contact_labels(chain.cb, config.threshold, config.min_separation))
+                                  for chain in load_structures())
         return TaskData(splits, classes=["no contact", "contact"], source="builtin structures (coordinates)")

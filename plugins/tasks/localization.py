@@ -9,16 +9,14 @@ The corpus's homology-reduced split still has a few proteins identical to one in
 from __future__ import annotations
 
 import numpy as np
-from pydantic import Field
 
 from plmforge.core.data.sources import load_builtin
 from plmforge.core.heads import HeadSettings
-from plmforge.core.task import Task, TaskConfig, TaskData, TaskSplit
+from plmforge.core.task import Task, TaskConfig, TaskData, TaskSplit, head_field
 
 
 class LocalizationConfig(TaskConfig):
-    head: HeadSettings = Field(default_factory=lambda: HeadSettings(epochs=10), description=(
-        "How the head is trained (10 epochs by default)."))
+    head: HeadSettings = head_field(10, "a thousand or more proteins")
 
 
 class Localization(Task):

@@ -13,13 +13,12 @@ import numpy as np
 from pydantic import Field
 
 from plmforge.core.heads import IGNORE, HeadSettings
-from plmforge.core.task import Task, TaskConfig, TaskData, TaskSplit
+from plmforge.core.task import Task, TaskConfig, TaskData, head_field, splits_from_rows
 from plmforge.plugins.tasks.builtin_data import DSSP3, DSSP8, dssp8_to_3, load_structures
 
 
 class SecondaryStructureConfig(TaskConfig):
-    head: HeadSettings = Field(default_factory=lambda: HeadSettings(epochs=40), description=(
-        "How the head is trained. 40 epochs by default: the built-in chains give only a few batches per epoch."))
+    head: HeadSettings = head_field(40, "the built-in chains give only a few batches per epoch")
     states: Literal[3, 8] = Field(3, description="3-state (H, E, C; reported as q3) or 8-state DSSP (q8).")
 
 
@@ -39,13 +38,9 @@ class SecondaryStructure(Task):
 
     def load(self) -> TaskData:
         alphabet = DSSP3 if self.config.states == 3 else DSSP8
-        splits: dict[str, TaskSplit] = {}
-        for chain in load_structures():
-            states = dssp8_to_3(chain.dssp8) if self.config.states == 3 else chain.dssp8
-            split = splits.setdefault(chain.split, TaskSplit([], [], []))
-            split.ids.append(chain.id)
-            split.sequences.append(chain.sequence)
-            split.labels.append(state_labels(states, alphabet))
+        reduce = dssp8_to_3 if self.config.states == 3 else str
+        splits = splits_from_rows((chain.split, chain.id, chain.sequence, state_labels(reduce(chain.dssp8), alphabet))
+                                  for chain in load_structures())
         return TaskData(splits, classes=list(alphabet), source="builtin structures (DSSP)")
 
     def metrics(self, predictions, split, data):
