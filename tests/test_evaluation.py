@@ -10,6 +10,7 @@ from helpers import tiny_spec_dict
 
 from plmforge.core.errors import PlmforgeError
 from plmforge.core.evaluation import EmbeddingCache, one_hot, weights_key
+from plmforge.core.registry import Registry
 
 pytest.importorskip("torch")
 
@@ -192,3 +193,28 @@ def test_spec_rejects_duplicate_task_labels_and_bad_head_options(tmp_path):
     raw["tasks"] = [{"name": "no_such_task"}]
     with pytest.raises(SpecError, match=r"tasks\[0\]\.name"):
         validate_spec(raw)
+
+
+@pytest.mark.slow
+def test_lora_fine_tuning_with_a_task_prefix_leaves_the_model_unchanged(tmp_path):
+    from plmforge.core.evaluation import run_tasks
+    from plmforge.core.run import build_backend, build_objectives
+    from plmforge.core.spec import validate_spec
+    from plmforge.core.tracking import Tracker
+
+    raw = tiny_spec_dict(tmp_path)
+    raw["objectives"] = [{"name": "mlm", "prefix": "[NLU]", "probabilities": [0.15]}]
+    raw["tasks"] = [{"name": "antimicrobial", "label": "amp", "prefix": "[NLU]", "max_train_proteins": 64,
+                     "max_test_proteins": 32, "head": {"kind": "linear", "finetune": "lora", "epochs": 2,
+                                                        "encoder_lr": 1e-2, "batch_size": 16}}]
+    raw["evaluation"] = {"references": ["onehot"]}
+    spec = validate_spec(raw)
+    vocab, slots = build_objectives(spec)
+    backend = build_backend(spec, vocab, slots, Registry())
+    before = backend.weights()
+    outcomes = run_tasks(spec, spec, backend, vocab, Tracker(False, None, "x", "x"), tmp_path, Registry())
+    assert [(o.reference, sorted(o.metrics["test"])) for o in outcomes] == [
+        ("model", ["accuracy", "auroc", "mcc"]), ("onehot", ["accuracy", "auroc", "mcc"])]
+    assert not (tmp_path / "embedding-cache").exists()  # fine-tuning reads token ids, not cached embeddings
+    after = backend.weights()
+    assert all(np.array_equal(before[name], after[name]) for name in before)
