@@ -27,7 +27,9 @@ Head architectures (``HeadSettings.kind``), the same on every backend:
   logit ``z_i · z_j / sqrt(pair_dim) + b`` for every residue pair.
 
 Details both backends share: every head linear and the depthwise convolution have a bias (the
-pair projection ``W_p`` has none; the pair bias starts at 0); attention is scaled by
+pair projection ``W_p`` has none; the pair bias starts at the log-odds of a contact among the labelled training
+pairs, :func:`pair_prior_logit`, because at a few percent positives a bias that starts at 0 takes
+thousands of small optimizer steps to get there); attention is scaled by
 ``1/sqrt(head_dim)`` with no dropout on its probabilities; LayerNorm eps 1e-5; exact (erf) GELU;
 the linear head has no dropout. Both ``(i, j)`` and ``(j, i)`` of a pair label count; tasks mark the
 diagonal and near-diagonal pairs ``IGNORE`` themselves.
@@ -53,6 +55,14 @@ Target = Literal["classification", "regression"]
 
 #: Label that marks an item to ignore (classification and pair labels; regression uses NaN).
 IGNORE = -1
+
+
+def pair_prior_logit(labels: list[np.ndarray]) -> float:
+    """log(p / (1 - p)) of the share p of contacts among labelled pairs: where a pair head's bias starts."""
+    positive = sum(int(np.sum(y == 1)) for y in labels)
+    labelled = sum(int(np.sum(y != IGNORE)) for y in labels)
+    rate = min(max(positive / labelled if labelled else 0.5, 1e-4), 1 - 1e-4)
+    return float(np.log(rate / (1 - rate)))
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from plmforge.core.heads import IGNORE, HeadData, HeadProblem, HeadResult, HeadSettings
+from plmforge.core.heads import IGNORE, HeadData, HeadProblem, HeadResult, HeadSettings, pair_prior_logit
 from plmforge.plugins.backends.jax.model import Dropout
 from plmforge.plugins.backends.jax.shapes import rung
 from plmforge.plugins.backends.jax.trainer import _to_host
@@ -373,6 +373,8 @@ def fit_head(trainer: Any, problem: HeadProblem, settings: HeadSettings, train: 
     seed = settings.seed % 2**32
     init_key, lora_key, dropout_root = jax.random.split(jax.random.PRNGKey(seed), 3)
     trainable: Tree = {"head": init_head(fit.head, d, init_key)}
+    if problem.level == "pair":
+        trainable["head"]["pair_bias"] = jnp.asarray(pair_prior_logit(train.labels), jnp.float32)
     frozen: Tree = {}
     if finetune == "full":  # a trainable copy of what the encoder reads; the trainer keeps its own arrays
         trainable["encoder"] = {name: value for name, value in trainer.params.items()

@@ -26,8 +26,9 @@ Details the contract leaves open, chosen here: linear layers, the depthwise conv
 ConvBERT attention projections have biases (PyTorch defaults, default initialisation); the ConvBERT
 attention scales scores by ``1/sqrt(head_dim)`` and has no dropout of its own; LayerNorm eps is 1e-5;
 GELU is the exact (erf) one; the feed-forward width is ``max(1, width // 2)``; the pair read-out
-``W_p`` has no bias and the pair bias ``b`` starts at 0; the linear head has no dropout. History
-losses are means over all labelled items of the epoch (training: as seen during training, dropout on).
+``W_p`` has no bias and the pair bias ``b`` starts at the contact log-odds (``pair_prior_logit``);
+the linear head has no dropout. History losses are means over all labelled items of the epoch
+(training: as seen during training, dropout on).
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from plmforge.core.errors import PlmforgeError
-from plmforge.core.heads import IGNORE, HeadData, HeadProblem, HeadResult, HeadSettings
+from plmforge.core.heads import IGNORE, HeadData, HeadProblem, HeadResult, HeadSettings, pair_prior_logit
 from plmforge.plugins.backends.torch.model import PAD_ID
 
 MULTIPLE = 8  # batches are padded to a multiple of this many positions
@@ -391,6 +392,9 @@ def _fit(trainer: Any, problem: HeadProblem, settings: HeadSettings, train: Head
             if split.offset != train.offset:
                 raise PlmforgeError(f"splits disagree on the token offset ({train.offset} and {split.offset})")
 
+    if problem.level == "pair":
+        with torch.no_grad():
+            model.head.readout.out.bias.fill_(pair_prior_logit(train.labels))
     head_params = [p for p in model.head.parameters() if p.requires_grad]
     groups = [{"params": head_params, "lr": settings.lr}]
     if model.encoder is not None:
