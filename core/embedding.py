@@ -49,6 +49,13 @@ def load_model(checkpoint_path: Path, backend_name: str | dict | None = None,
     ``checkpoint_path`` is a checkpoint directory or a run's output directory (its latest checkpoint);
     ``backend_name`` (a name or a backend section) replaces the backend it was trained on.
     """
+    backend, vocab, _, _ = load_model_and_spec(checkpoint_path, backend_name, registry)
+    return backend, vocab
+
+
+def load_model_and_spec(checkpoint_path: Path, backend_name: str | dict | None = None,
+                        registry: Registry | None = None) -> tuple[Backend, Vocab, Spec, Path]:
+    """:func:`load_model`, plus the checkpoint's spec and the checkpoint directory it resolved to."""
     from plmforge.core.run import build_backend, build_objectives
 
     registry = registry or Registry()
@@ -58,7 +65,7 @@ def load_model(checkpoint_path: Path, backend_name: str | dict | None = None,
     loaded = ckpt.load_checkpoint(path, with_training_state=False)
     backend = build_backend(spec, vocab, slots, registry)
     backend.load_weights(loaded.weights)
-    return backend, vocab
+    return backend, vocab, spec, path
 
 
 def embed_sequences(backend: Backend, vocab: Vocab, sequences: list[str], prefix: str | None = None,

@@ -58,12 +58,13 @@ class Representation:
     cache_key: str | None
 
 
+_ONE_HOT_COLUMN = np.full(256, -1, dtype=np.int64)  # byte -> column, -1 for non-standard letters
+_ONE_HOT_COLUMN[np.frombuffer(ONE_HOT_LETTERS.encode(), dtype=np.uint8)] = np.arange(len(ONE_HOT_LETTERS))
+
+
 def one_hot(sequence: str) -> np.ndarray:
     """[L, 20] float32 indicator of the standard residues (the baseline a model has to beat)."""
-    index = np.frombuffer(sequence.encode(), dtype=np.uint8)
-    table = np.full(256, -1, dtype=np.int64)
-    table[np.frombuffer(ONE_HOT_LETTERS.encode(), dtype=np.uint8)] = np.arange(len(ONE_HOT_LETTERS))
-    columns = table[index]
+    columns = _ONE_HOT_COLUMN[np.frombuffer(sequence.encode(), dtype=np.uint8)]
     out = np.zeros((len(sequence), len(ONE_HOT_LETTERS)), dtype=np.float32)
     known = columns >= 0
     out[np.nonzero(known)[0], columns[known]] = 1.0
@@ -328,7 +329,6 @@ def default_cache_dir(output_dir: Path) -> Path:
     return Path(output_dir) / "embedding-cache"
 
 
-
 def run_tasks(spec: Any, model_spec: Any, backend: Backend, vocab: Vocab, parent: Tracker, output_dir: Path,
               registry: Any, say: Callable[[str], None] = lambda text: None,
               on_task_end: Callable[[TaskOutcome], None] = lambda outcome: None) -> list[TaskOutcome]:
@@ -354,27 +354,21 @@ def evaluate_checkpoint(spec: Any, checkpoint: Path, registry: Any = None, say: 
     The model (size, vocabulary, weights) comes from the checkpoint; the backend, tasks, references and
     tracking come from ``spec``. Returns the outcomes and the evaluation run's id.
     """
-    from plmforge.core import checkpoint as ckpt
-    from plmforge.core.embedding import checkpoint_dir, checkpoint_spec
+    from plmforge.core.embedding import load_model_and_spec
     from plmforge.core.registry import Registry
-    from plmforge.core.run import build_backend, build_objectives
 
     if not spec.tasks:
         raise PlmforgeError(f"spec {spec.name!r} lists no tasks: add a 'tasks:' section to evaluate")
     registry = registry or Registry()
-    path = checkpoint_dir(checkpoint)
     backend_section = {"name": spec.backend.name, **spec.backend.plugin_options()}
-    model_spec = checkpoint_spec(path, backend_section, registry)
-    vocab, slots = build_objectives(model_spec)
-    backend = build_backend(model_spec, vocab, slots, registry)
-    backend.load_weights(ckpt.load_checkpoint(path, with_training_state=False).weights)
+    backend, vocab, model_spec, path = load_model_and_spec(checkpoint, backend_section, registry)
     tracker = Tracker(spec.tracking.enabled and tracking, spec.tracking.tracking_uri, spec.tracking.experiment,
                       spec.tracking.run_name or f"{model_spec.name} evaluation", warn=say)
     run_id = tracker.start()
     tracker.log_params(flatten(model_spec.to_dict()))
     tracker.set_tags({"plmforge.kind": "evaluation", "plmforge.checkpoint": str(path.resolve()),
                       "plmforge.backend": spec.backend.name, "plmforge.spec_name": model_spec.name,
-                      "plmforge.tasks": ",".join(label for label, _ in load_tasks(spec.tasks))})
+                      "plmforge.tasks": ",".join(section.label or section.name for section in spec.tasks)})
     status = "FAILED"
     try:
         outcomes = run_tasks(spec, model_spec, backend, vocab, tracker, spec.resolved_output_dir, registry, say)

@@ -134,11 +134,8 @@ class Task(ABC):
         if self.level == "pair":
             return m.contact_metrics(predictions, split.labels)
         if self.target == "regression":
-            pred = np.concatenate([np.ravel(p) for p in predictions])
-            true = np.concatenate([np.ravel(y) for y in split.labels]).astype(np.float64)
-            return m.regression_metrics(pred, true)
-        logits = np.concatenate([np.reshape(p, (-1, p.shape[-1])) for p in predictions])
-        labels = np.concatenate([np.ravel(y) for y in split.labels]).astype(np.int64)
+            return m.regression_metrics(*_flat_values(predictions, split))
+        logits, labels = _flat_logits(predictions, split)
         if len(data.classes or ()) == 2:
             return m.binary_metrics(logits, labels)
         return m.classification_metrics(logits, labels, len(data.classes or ()))
@@ -157,11 +154,20 @@ class Task(ABC):
             return [f.contact_map_png(probabilities, split.labels[index], directory / "contact_map.png",
                                       f"{name}: {split.ids[index]} (upper: predicted, lower: true)")]
         if self.target == "regression":
-            pred = np.concatenate([np.ravel(p) for p in predictions])
-            true = np.concatenate([np.ravel(y) for y in split.labels]).astype(np.float64)
-            return [f.regression_scatter_png(pred, true, directory / "scatter.png", name)]
+            return [f.regression_scatter_png(*_flat_values(predictions, split), directory / "scatter.png", name)]
         classes = data.classes or []
-        logits = np.concatenate([np.reshape(p, (-1, p.shape[-1])) for p in predictions])
-        labels = np.concatenate([np.ravel(y) for y in split.labels]).astype(np.int64)
+        logits, labels = _flat_logits(predictions, split)
         matrix = m.confusion_matrix(np.argmax(logits, axis=-1), labels, len(classes), ignore=IGNORE)
         return [f.confusion_matrix_png(matrix, classes, directory / "confusion_matrix.png", name)]
+
+
+def _flat_values(predictions: list[np.ndarray], split: TaskSplit) -> tuple[np.ndarray, np.ndarray]:
+    """Predicted and true values of every protein (or residue) of a regression split, back to back."""
+    return (np.concatenate([np.ravel(p) for p in predictions]),
+            np.concatenate([np.ravel(y) for y in split.labels]).astype(np.float64))
+
+
+def _flat_logits(predictions: list[np.ndarray], split: TaskSplit) -> tuple[np.ndarray, np.ndarray]:
+    """[N, C] logits and [N] class labels of every protein (or residue) of a classification split."""
+    return (np.concatenate([np.reshape(p, (-1, p.shape[-1])) for p in predictions]),
+            np.concatenate([np.ravel(y) for y in split.labels]).astype(np.int64))
