@@ -10,6 +10,7 @@ checkpoint written by one backend loads in the other, and T5/Ankh checkpoints lo
 
 from __future__ import annotations
 
+import copy
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -179,6 +180,14 @@ class Backend(ABC):
         """False on all but one process of a multi-process run; only the main one writes files and logs."""
         return True
 
+    def single_process(self) -> Backend | None:
+        """This backend as the main process alone may use it (downstream tasks after training).
+
+        Every process of a multi-process run must call it, since gathering what the main process
+        needs (e.g. sharded weights) is collective; processes other than the main one get None.
+        """
+        return self
+
     def counters(self) -> dict[str, float]:
         """Running totals worth logging with training metrics (e.g. ``compilations`` of a compiled backend)."""
         return {}
@@ -240,3 +249,11 @@ class LazyBackend(Backend):
 
     def is_main_process(self) -> bool:
         return self._impl.is_main_process() if hasattr(self._impl, "is_main_process") else True
+
+    def single_process(self) -> Backend | None:
+        impl = self._impl.single_process() if hasattr(self._impl, "single_process") else self._impl
+        if impl is None or impl is self._impl:
+            return None if impl is None else self
+        alone = copy.copy(self)
+        alone._impl = impl
+        return alone

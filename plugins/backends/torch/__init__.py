@@ -19,6 +19,14 @@ class TorchBackendConfig(BackendConfig):
     threads: int | None = Field(None, ge=1, description="CPU threads for torch (default: torch's choice).")
     matmul_precision: Literal["highest", "high", "medium"] = Field(
         "high", description="float32 matmul precision on GPUs ('high' allows TF32).")
+    distributed: Literal["none", "ddp", "fsdp"] = Field(
+        "none", description="Data parallelism over the processes `torchrun` starts (gloo on CPU, NCCL on GPU): "
+                            "'ddp' replicates the model (DistributedDataParallel); 'fsdp' shards parameters, "
+                            "gradients and optimizer state (FSDP2 fully_shard). The global batch is the spec's: "
+                            "training.gradient_accumulation micro-batches per step, split over the processes.")
+    compile: bool = Field(
+        False, description="torch.compile the model (dynamic shapes): faster steps after a first slow one "
+                           "per shape family; worth it for long runs on GPU.")
 
 
 class TorchBackend(LazyBackend):
