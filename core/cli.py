@@ -58,6 +58,8 @@ def train(spec: Path, resume: bool, overrides: tuple[str, ...], no_progress: boo
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         sys.exit(130)
+    if not result.main_process:  # torchrun: the main process reports
+        return
     click.echo(f"finished {result.step} steps of {loaded.name!r}")
     for key in ("train/loss",):
         if key in result.train_metrics:
@@ -120,6 +122,10 @@ def validate(spec: Path, overrides: tuple[str, ...], print_spec: bool) -> None:
     for path in (source if not source.startswith("builtin:") else None, loaded.data.validation_source):
         if path and not Path(path).is_file():
             raise PlmforgeError(f"{spec}: data file {path!r} not found (relative to {Path.cwd()})")
+    if loaded.model.init_from is not None:  # a fully resolved model section does not need it to validate
+        from plmforge.core.hf_checkpoint import resolve_checkpoint
+
+        resolve_checkpoint(loaded.model.init_from, f"{spec}: model.init_from")
     if print_spec:
         click.echo(loaded.to_yaml(), nl=False)
         return
@@ -255,6 +261,41 @@ def generate(checkpoint: Path, prompts: tuple[str, ...], fasta: Path | None, kee
     if scored:
         mean = sum(scored) / len(scored)
         click.echo(f"mean identity to the true continuation: {mean:.3f} over {len(scored)} proteins", err=True)
+
+
+@main.command()
+@click.argument("source", type=click.Path(path_type=Path))
+@click.argument("dest", type=click.Path(path_type=Path))
+@click.option("--to", "target", type=click.Choice(["hf", "plmforge"]), default=None,
+              help="Output format. Default: hf for a plmforge checkpoint or run directory, plmforge otherwise.")
+@click.option("--force", is_flag=True, help="Replace DEST if it exists and is not empty.")
+def convert(source: Path, dest: Path, target: str | None, force: bool) -> None:
+    """Convert between a Hugging Face T5 checkpoint directory (e.g. Ankh) and a plmforge checkpoint.
+
+    SOURCE is a Hugging Face directory (config.json + model.safetensors), a plmforge checkpoint or a run
+    directory (its latest checkpoint). Nothing is downloaded and nothing is unpickled; see docs/checkpoints.md.
+    """
+    from plmforge.core.hf_checkpoint import convert_checkpoint
+
+    done = convert_checkpoint(source, dest, target, force)
+    s = done.shape
+    layers = f"{s['num_layers']}+{s['num_decoder_layers']} layers" if s["num_decoder_layers"] else \
+        f"{s['num_layers']} encoder layers"
+    if done.to == "hf":
+        click.echo(f"wrote Hugging Face T5 checkpoint {dest} (d_model {s['d_model']}, {layers}, vocabulary "
+                   f"{done.vocab_size}) from {done.source}")
+        if done.dropped:
+            click.echo(f"  left out (not T5 parameters): {', '.join(done.dropped)}")
+        click.echo(f"  load it with transformers: T5ForConditionalGeneration.from_pretrained({str(dest)!r})"
+                   if s["num_decoder_layers"] else
+                   f"  load it with transformers: T5EncoderModel.from_pretrained({str(dest)!r})")
+    else:
+        click.echo(f"wrote plmforge checkpoint {dest} (step 0, d_model {s['d_model']}, {layers}, vocabulary "
+                   f"{done.vocab_size}, spec objective {', '.join(done.objectives)}) from {done.source}")
+        if done.fresh:
+            click.echo(f"  freshly initialised (not in the source): {', '.join(done.fresh)}")
+        click.echo(f"  use it with `plmforge embed {dest} ...`, `plmforge evaluate --checkpoint {dest}` or "
+                   f"model.init_from: {dest}")
 
 
 @main.command()

@@ -30,6 +30,13 @@ class ModelConfig(StrictModel):
 
     preset: str | None = Field(
         "ankh-tiny", description=f"Named size to start from; other keys override it. One of {sorted(PRESETS)}.")
+    init_from: str | None = Field(
+        None,
+        description="Start from the weights of a Hugging Face T5 checkpoint directory (e.g. Ankh: config.json "
+                    "+ model.safetensors) or a plmforge checkpoint or run directory; relative paths are taken "
+                    "from the working directory. The shape comes from its config.json (a preset is then not "
+                    "applied); shape keys set here must agree with it. Ignored by --resume. See "
+                    "docs/checkpoints.md.")
     d_model: int = Field(128, gt=0, description="Hidden size.")
     num_layers: int = Field(4, gt=0, description="Encoder layers.")
     num_decoder_layers: int = Field(2, ge=0, description="Decoder layers (0 builds an encoder-only model).")
@@ -53,6 +60,8 @@ class ModelConfig(StrictModel):
     def _apply_preset(cls, data: Any) -> Any:
         if not isinstance(data, dict):
             return data
+        if data.get("init_from") is not None:
+            return _shape_from_checkpoint(data)
         preset = data.get("preset", cls.model_fields["preset"].default)
         if preset is None:
             return data
@@ -88,3 +97,49 @@ class ModelConfig(StrictModel):
             "eos_token_id": 1,
             "decoder_start_token_id": 0,
         }
+
+
+def _shape_from_checkpoint(data: dict[str, Any]) -> dict[str, Any]:
+    """The model section with the shape of its ``init_from`` checkpoint filled in, checked against what it sets.
+
+    Keys the section sets (itself or through an explicit preset) must agree with the checkpoint, except
+    ``num_decoder_layers: 0``, which keeps only the encoder, and the training choices ``dropout_rate``
+    and ``initializer_factor``. A section that sets every shape key (a resolved spec, as saved with a
+    run) is accepted even when the checkpoint has moved away since; it is read again only to train.
+    """
+    from pathlib import Path
+
+    from plmforge.core.errors import CheckpointError
+    from plmforge.core.hf_checkpoint import SHAPE_FIELDS, SOFT_FIELDS, read_shape
+
+    path, preset = data["init_from"], data.get("preset")
+    if not isinstance(path, str):
+        return data  # the field's own validation reports it
+    if preset is not None and preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+    given = {**(PRESETS[preset] if preset else {}), **data}
+    if all(key in data for key in SHAPE_FIELDS) and path.strip() and not Path(path).expanduser().exists():
+        return {"preset": None, **data}
+    try:
+        found = read_shape(path, "model.init_from")
+    except CheckpointError as exc:
+        raise ValueError(str(exc)) from None
+    source = found.path / "config.json"
+    conflicts = [f"model.{key} is {given[key]!r} here but {found.shape[key]!r} in {source}"
+                 for key in SHAPE_FIELDS if key in given and not _same(given[key], found.shape[key])
+                 and not (key == "num_decoder_layers" and given[key] == 0)]
+    if conflicts:
+        raise ValueError("; ".join(conflicts) + " (model.init_from sets the model's shape: leave "
+                         f"{'that key' if len(conflicts) == 1 else 'those keys'} out or make them agree)")
+    shape = {key: found.shape[key] for key in (*SHAPE_FIELDS, *SOFT_FIELDS)}
+    return {**shape, **given, "preset": preset}
+
+
+def _same(given: Any, found: Any) -> bool:
+    """Whether a spec value states the checkpoint's (YAML reads ``1e-6`` as a string; pydantic would coerce it)."""
+    if isinstance(found, (int, float)) and not isinstance(found, bool):
+        try:
+            return float(given) == float(found)
+        except (TypeError, ValueError):
+            return False
+    return given == found

@@ -53,6 +53,7 @@ class RunResult:
     tracking_failure: str | None = None
     data_report: dict[str, int] = field(default_factory=dict)
     tasks: list[Any] = field(default_factory=list)  # plmforge.core.evaluation.TaskOutcome, one per head
+    main_process: bool = True  # False on the other processes of a multi-process run
 
 
 # -- building blocks (also used by `embed` and tests) ------------------------------------------------
@@ -218,6 +219,10 @@ class Trainer:
             if eval_source is not None:
                 eval_streams[slot.label] = ExampleStream(slot.objective, eval_source, planner, spec.seed, stream=i)
         backend = build_backend(spec, vocab, slots, self.registry)
+        if spec.model.init_from is not None and not resume:  # resuming continues from the run's own weights
+            from plmforge.core.hf_checkpoint import load_init_from
+
+            load_init_from(backend, spec.model.init_from, vocab.tokens)
 
         step, state = 0, {}
         if resume:
@@ -228,9 +233,10 @@ class Trainer:
                 stream.load_state(ckpt.state["streams"][label])
             step, state = ckpt.step, ckpt.state
 
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        (self.output_dir / "spec.yaml").write_text(spec.to_yaml())
         main = backend.is_main_process()  # multi-process runs: one process writes files and logs
+        if main:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            (self.output_dir / "spec.yaml").write_text(spec.to_yaml())
         tracker = Tracker(spec.tracking.enabled and main, spec.tracking.tracking_uri, spec.tracking.experiment,
                           spec.tracking.run_name or spec.name, warn=self._warn)
         run_id = tracker.start(resume_run_id=state.get("tracking_run_id"))
@@ -247,11 +253,13 @@ class Trainer:
         for obj in [backend, *(s.objective for s in slots), *self.extra_hooks]:
             pm.register(obj)
 
-        result = RunResult(step=step, status="running", tracking_run_id=run_id, data_report=data.report)
+        result = RunResult(step=step, status="running", tracking_run_id=run_id, data_report=data.report,
+                           main_process=main)
         pm.hook.plmforge_run_start(run=info, resumed_from_step=step)
         window = MetricWindow()
         mixer = ObjectiveMixer(training.objective_mixing, {s.label: s.weight for s in slots}, spec.seed)
-        progress = Progress(total=training.steps, start=step, enabled=self.show_progress, console=self.console)
+        progress = Progress(total=training.steps, start=step, enabled=self.show_progress and main,
+                            console=self.console)
         status = "failed"
         saved_step = step
         in_step = False  # an interrupt inside a step leaves state half-updated: do not save it then
@@ -292,14 +300,17 @@ class Trainer:
                         result.checkpoint = self._save(backend, vocab, step, train_streams, run_id, result)
                         saved_step = step
                         pm.hook.plmforge_checkpoint_saved(run=info, step=step, path=result.checkpoint)
-            if spec.tasks and main:
-                result.tasks = self._run_tasks(backend, vocab, tracker, info, pm)
+            if spec.tasks:
+                alone = backend.single_process()  # every process takes part; only the main one gets it
+                if alone is not None:
+                    result.tasks = self._run_tasks(alone, vocab, tracker, info, pm)
             status = "finished"
         except KeyboardInterrupt:
             status = "interrupted"
             if step > saved_step and not in_step:
                 result.checkpoint = self._save(backend, vocab, step, train_streams, run_id, result)
-                self._warn(f"interrupted: checkpoint written at step {step}; continue with --resume")
+                if main:
+                    self._warn(f"interrupted: checkpoint written at step {step}; continue with --resume")
             raise
         finally:
             result.status = status
@@ -379,6 +390,8 @@ class Trainer:
             "plmforge.spec_sha256": spec_sha256(spec.to_dict()),
             "plmforge.spec_name": spec.name,
             "plmforge.num_parameters": backend.num_parameters(),
+            **({"plmforge.init_from": str(Path(spec.model.init_from).expanduser().resolve())}
+               if spec.model.init_from else {}),
             "mlflow.source.git.commit": commit,
             "plmforge.git_commit": commit,
         }
