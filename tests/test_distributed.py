@@ -68,7 +68,8 @@ def torchrun(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
 def losses(tmp_path: Path, experiment: str) -> tuple[int, list[float]]:
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
-    history = sorted(client.get_metric_history(runs[0].info.run_id, "train/loss"), key=lambda m: m.step)
+    pretrain = next(r for r in runs if r.data.tags["plmforge.kind"] == "pretrain")
+    history = sorted(client.get_metric_history(pretrain.info.run_id, "train/loss"), key=lambda m: m.step)
     return len(runs), [m.value for m in history]
 
 
@@ -84,6 +85,10 @@ def single_process(tmp_path_factory):
 def test_two_processes_match_one_and_resume_after_a_stop(single_process, kind):
     tmp_path = single_process
     spec = spec_dict(tmp_path, kind, distributed=kind)
+    # a downstream task after training: the main process scores it on a single-process copy of the weights
+    spec["tasks"] = [{"name": "antimicrobial", "label": "amp", "head": {"kind": "linear", "epochs": 1},
+                      "max_train_proteins": 100, "max_test_proteins": 50}]
+    spec["evaluation"] = {"references": []}
     spec_file = tmp_path / f"{kind}.yaml"
     spec_file.write_text(yaml.safe_dump(spec))
     script = tmp_path / "stop_at.py"
@@ -98,7 +103,7 @@ def test_two_processes_match_one_and_resume_after_a_stop(single_process, kind):
     assert resumed.stdout.count("finished 6 steps") == 1  # only rank 0 reports
 
     runs, distributed_losses = losses(tmp_path, kind)
-    assert runs == 1  # rank 0 alone logs, and the resumed run continues the same MLflow run
+    assert runs == 2  # rank 0 alone logs; the resumed run continues the same MLflow run, plus the task's run
     _, reference = losses(tmp_path, "single")
     assert len(distributed_losses) == len(reference) == 6
     np.testing.assert_allclose(distributed_losses, reference, rtol=1e-5)
@@ -110,8 +115,12 @@ def test_two_processes_match_one_and_resume_after_a_stop(single_process, kind):
         np.testing.assert_allclose(ours[name], theirs[name], atol=2e-5, err_msg=name)
 
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    run = client.search_runs([client.get_experiment_by_name(kind).experiment_id])[0]
-    assert "over 2 processes (gloo)" in run.data.tags["plmforge.backend.parallelism"]
+    runs = client.search_runs([client.get_experiment_by_name(kind).experiment_id])
+    parent = next(r for r in runs if r.data.tags["plmforge.kind"] == "pretrain")
+    task = next(r for r in runs if r.data.tags["plmforge.kind"] == "task")
+    assert "over 2 processes (gloo)" in parent.data.tags["plmforge.backend.parallelism"]
+    assert task.data.tags["mlflow.parentRunId"] == parent.info.run_id
+    assert 0.0 <= task.data.metrics["test/auroc"] <= 1.0 and "task/amp/auroc" in parent.data.metrics
 
 
 def test_micro_batches_must_split_evenly_over_the_processes(tmp_path):

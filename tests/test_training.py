@@ -57,6 +57,20 @@ def test_resumed_run_matches_uninterrupted_run(tmp_path, optimizer, backend):
         np.testing.assert_allclose(final_a[name], final_b[name], rtol=1e-5, atol=1e-6)
 
 
+def test_compiled_torch_model_trains_like_the_eager_one(tmp_path):
+    """backend.compile: torch.compile (inductor, dynamic shapes) changes speed, not the losses."""
+    pytest.importorskip("torch")
+    raw = tiny_spec_dict(tmp_path, steps=3, checkpoint_every=100, eval_every=100)
+    raw["tracking"]["enabled"] = False
+    eager = train(validate_spec({**raw, "output_dir": str(tmp_path / "eager")}), show_progress=False)
+    raw["backend"]["compile"] = True
+    compiled = train(validate_spec({**raw, "output_dir": str(tmp_path / "compiled")}), show_progress=False)
+    expected, got = losses(eager), losses(compiled)
+    assert sorted(got) == [1, 2, 3]
+    for step in got:
+        assert got[step] == pytest.approx(expected[step], rel=1e-4), step
+
+
 def test_existing_checkpoints_are_never_overwritten_silently(tmp_path, tiny_spec):
     raw = tiny_spec_dict(tmp_path, steps=2, checkpoint_every=2)
     raw["tracking"]["enabled"] = False
