@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from plmforge.core.heads import IGNORE, HeadProblem, HeadSettings, Level, Target
 from plmforge.core.strict import StrictModel
@@ -38,6 +38,17 @@ class TaskConfig(StrictModel):
     max_test_proteins: int | None = Field(
         None, ge=1, description="Evaluate on a seeded random subset of at most this many validation and test "
                                 "proteins each (null: all).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _head_over_task_default(cls, data: Any) -> Any:
+        """``head: {kind: linear}`` changes the kind and keeps the task's own defaults (e.g. its epochs)."""
+        if isinstance(data, dict) and isinstance(data.get("head"), dict):
+            field = cls.model_fields["head"]
+            if field.default_factory is not None:
+                default = field.default_factory().model_dump(exclude_unset=True)
+                data = {**data, "head": {**default, **data["head"]}}
+        return data
 
 
 @dataclass

@@ -118,3 +118,11 @@ def test_default_figures(tmp_path):
     test = data.splits["test"]
     (picture,) = contact.figures([y.astype(np.float32) for y in test.labels], test, data, tmp_path / "contact")
     assert picture.name == "contact_map.png" and picture.stat().st_size > 1000
+
+
+def test_head_options_in_a_spec_merge_over_the_task_defaults():
+    localization = Registry().load("task", "localization")
+    assert localization.Config().head.epochs == 10
+    linear = localization.Config.model_validate({"head": {"kind": "linear"}})
+    assert linear.head.kind == "linear" and linear.head.epochs == 10  # the task's epochs, not HeadSettings'
+    assert localization.Config.model_validate({"head": {"epochs": 3}}).head.epochs == 3
