@@ -38,3 +38,29 @@ class StopAt:
     def plmforge_step_end(self, run, step, metrics):
         if step == self.step:
             raise KeyboardInterrupt
+
+
+def random_hf_t5(vocab: int, shape: dict[str, Any], feed_forward_proj: str = "gated-gelu", tie: bool = False,
+                 encoder_only: bool = False, seed: int = 0):
+    """A randomly initialised transformers T5 (untied LM head unless ``tie``) whose norms and position
+    bias are perturbed so that a comparison notices if they are mishandled."""
+    import torch
+    import transformers
+
+    config = transformers.T5Config(vocab_size=vocab, feed_forward_proj=feed_forward_proj, tie_word_embeddings=tie,
+                                   decoder_start_token_id=0, pad_token_id=0, **shape)
+    torch.manual_seed(seed)
+    cls = transformers.T5EncoderModel if encoder_only else transformers.T5ForConditionalGeneration
+    model = cls(config).eval()
+    with torch.no_grad():
+        if not tie and not encoder_only:
+            # transformers >= 5 ties a fresh T5's lm_head to shared: untie it, so a mix-up of the two shows.
+            # Std d_model**-0.5 keeps logits O(1), so one absolute tolerance suits logits and hidden states.
+            d_model = shape["d_model"]
+            model.lm_head.weight = torch.nn.Parameter(torch.randn(vocab, d_model) * d_model ** -0.5)
+        for name, param in model.named_parameters():
+            if "layer_norm" in name:
+                param.add_(0.2 * torch.randn_like(param))
+            if "relative_attention_bias" in name:
+                param.normal_(0.0, 1.0)
+    return model

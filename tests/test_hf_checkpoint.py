@@ -12,7 +12,7 @@ import json
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from helpers import tiny_spec_dict
+from helpers import random_hf_t5, tiny_spec_dict
 
 transformers = pytest.importorskip("transformers")
 torch = pytest.importorskip("torch")
@@ -49,20 +49,7 @@ PROTEINS = [GFP, UBIQUITIN, "GIGKFLHSAKKFGKAFVGEIMNS"]  # the last: magainin 2
 # -- Hugging Face models --------------------------------------------------------------------------------
 def hf_t5(tie: bool = False, encoder_only: bool = False, vocab: int = VOCAB, feed_forward_proj: str = "gated-gelu",
           seed: int = 0):
-    config = transformers.T5Config(vocab_size=vocab, feed_forward_proj=feed_forward_proj, tie_word_embeddings=tie,
-                                   decoder_start_token_id=0, pad_token_id=0, **SHAPE)
-    torch.manual_seed(seed)
-    cls = transformers.T5EncoderModel if encoder_only else transformers.T5ForConditionalGeneration
-    model = cls(config).eval()
-    with torch.no_grad():
-        if not tie and not encoder_only:  # transformers >= 5 ties a fresh T5's lm_head to shared: untie it
-            model.lm_head.weight = torch.nn.Parameter(torch.randn(vocab, SHAPE["d_model"]) * SHAPE["d_model"] ** -0.5)
-        for name, param in model.named_parameters():  # make norms and position bias matter
-            if "layer_norm" in name:
-                param.add_(0.2 * torch.randn_like(param))
-            if "relative_attention_bias" in name:
-                param.normal_(0.0, 1.0)
-    return model
+    return random_hf_t5(vocab, SHAPE, feed_forward_proj, tie=tie, encoder_only=encoder_only, seed=seed)
 
 
 def save(model, path, **kwargs):

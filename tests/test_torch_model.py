@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from helpers import random_hf_t5
 
 from plmforge.core.model_config import ModelConfig
 from plmforge.plugins.backends.torch.model import T5Model, init_weights
@@ -197,23 +198,8 @@ def test_init_is_deterministic_for_a_seed():
 
 # -- Hugging Face parity (needs transformers) -------------------------------------------------------------------
 def hf_model(feed_forward_proj: str):
-    transformers = pytest.importorskip("transformers")
-    config = transformers.T5Config(vocab_size=VOCAB, feed_forward_proj=feed_forward_proj, tie_word_embeddings=False,
-                                   decoder_start_token_id=0, pad_token_id=0, **HF_SHAPE)
-    torch.manual_seed(0)
-    model = transformers.T5ForConditionalGeneration(config).eval()
-    with torch.no_grad():
-        # transformers >= 5 always ties lm_head to shared in a freshly built T5; untie it so the
-        # comparison would notice a mix-up between the two. Std d_model**-0.5 keeps logits O(1), so an
-        # absolute tolerance means the same for logits as for hidden states.
-        d_model = HF_SHAPE["d_model"]
-        model.lm_head.weight = torch.nn.Parameter(torch.randn(VOCAB, d_model) * d_model ** -0.5)
-        for name, param in model.named_parameters():  # make norms and position bias matter
-            if "layer_norm" in name:
-                param.add_(0.2 * torch.randn_like(param))
-            if "relative_attention_bias" in name:
-                param.normal_(0.0, 1.0)
-    return model
+    pytest.importorskip("transformers")
+    return random_hf_t5(VOCAB, HF_SHAPE, feed_forward_proj)
 
 
 def our_model(feed_forward_proj: str) -> T5Model:
