@@ -43,11 +43,12 @@ the one that picks the best epoch) are means over all labelled items of the spli
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import Field, field_validator
 
+from plmforge.core.losses import count, masked_sum, token_nll
 from plmforge.core.strict import StrictModel
 
 Level = Literal["residue", "pair", "protein"]
@@ -151,3 +152,30 @@ class HeadResult:
     history: list[dict[str, float]] = field(default_factory=list)
     best_epoch: int = 0
     trainable_parameters: int = 0
+
+
+def head_loss(xp: Any, problem: HeadProblem, outputs: Any, labels: Any, mask: Any) -> tuple[Any, Any]:
+    """(sum of per-item losses, number of labelled items) of a padded batch, in float32, for any backend.
+
+    Written against the array API (``xp``) like the objectives' losses, so every backend trains heads
+    on the same loss. Classification: cross-entropy, label ``IGNORE`` skipped; regression: squared
+    error, NaN skipped; pair: binary cross-entropy on logits, ``IGNORE`` and pairs with a padded
+    residue skipped. ``mask`` [B, L] is True at real residues; a batch's loss is sum / count.
+    """
+    if problem.level == "pair":
+        valid = (labels != IGNORE) & mask[:, :, None] & mask[:, None, :]
+        x = xp.astype(outputs, xp.float32)
+        y = xp.astype(labels == 1, xp.float32)
+        # log(1 + e^x) - x·y, written so that no large |x| overflows
+        losses = xp.maximum(x, xp.zeros_like(x)) - x * y + xp.log1p(xp.exp(-xp.abs(x)))
+    elif problem.target == "classification":
+        valid = labels != IGNORE
+        losses, _ = token_nll(xp, outputs, labels)
+    else:
+        valid = ~xp.isnan(labels)
+        x = xp.astype(outputs, xp.float32)
+        losses = xp.square(x - xp.where(valid, labels, xp.zeros_like(labels)))
+    if problem.level == "residue":
+        valid = valid & mask
+    # where(), not a product: an ignored item's loss may be inf or NaN and must not reach the gradient
+    return masked_sum(xp, losses, valid), count(xp, valid)

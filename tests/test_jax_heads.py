@@ -15,7 +15,7 @@ pytest.importorskip("jax")
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-from plmforge.core.heads import IGNORE, HeadData, HeadProblem, HeadSettings  # noqa: E402
+from plmforge.core.heads import IGNORE, HeadData, HeadProblem, HeadSettings, head_loss  # noqa: E402
 from plmforge.core.registry import Registry  # noqa: E402
 from plmforge.core.run import build_backend, build_objectives  # noqa: E402
 from plmforge.core.spec import validate_spec  # noqa: E402
@@ -149,24 +149,24 @@ def test_loss_is_the_mean_over_labelled_items():
     logits = jnp.asarray(np.random.default_rng(0).normal(size=(2, 3, 4)), jnp.float32)
     labels = jnp.asarray([[1, IGNORE, 3], [IGNORE, 0, 2]])
     mask = jnp.asarray([[True, True, True], [True, True, False]])  # the last residue is padding
-    total, count = heads.head_loss(RESIDUE_CLASSES, logits, labels, mask)
+    total, count = head_loss(jnp, RESIDUE_CLASSES, logits, labels, mask)
     log_p = jax.nn.log_softmax(logits)
     np.testing.assert_allclose(total / count, -np.mean([log_p[0, 0, 1], log_p[0, 2, 3], log_p[1, 1, 0]]), rtol=1e-6)
 
     values = jnp.asarray([[1.0, 2.0, 3.0]])
     targets = jnp.asarray([[2.0, jnp.nan, 5.0]])
-    total, count = heads.head_loss(HeadProblem("residue", "regression", 1), values, targets, jnp.ones((1, 3), bool))
+    total, count = head_loss(jnp, HeadProblem("residue", "regression", 1), values, targets, jnp.ones((1, 3), bool))
     assert float(count) == 2 and float(total / count) == pytest.approx(2.5)
 
     pair_logits = jnp.asarray([[[0.5, -1.0], [-1.0, 2.0]]])
     pair_labels = jnp.asarray([[[1, IGNORE], [IGNORE, 0]]], jnp.int8)
-    total, count = heads.head_loss(HeadProblem("pair", "classification", 1), pair_logits, pair_labels,
+    total, count = head_loss(jnp, HeadProblem("pair", "classification", 1), pair_logits, pair_labels,
                                    jnp.ones((1, 2), bool))
     expected = np.mean([np.log1p(np.exp(-0.5)), np.log1p(np.exp(2.0))])
     assert float(count) == 2 and float(total / count) == pytest.approx(expected, rel=1e-6)
 
     def loss(x):  # an ignored item gets no gradient, even with a non-finite label
-        total, count = heads.head_loss(HeadProblem("residue", "regression", 1), x, targets, jnp.ones((1, 3), bool))
+        total, count = head_loss(jnp, HeadProblem("residue", "regression", 1), x, targets, jnp.ones((1, 3), bool))
         return total / count
 
     assert float(jax.grad(loss)(values)[0, 1]) == 0.0

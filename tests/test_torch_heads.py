@@ -8,8 +8,9 @@ import pytest
 from helpers import tiny_spec_dict
 
 torch = pytest.importorskip("torch")
+xp = pytest.importorskip("array_api_compat.torch")
 
-from plmforge.core.heads import IGNORE, HeadData, HeadProblem, HeadSettings  # noqa: E402
+from plmforge.core.heads import IGNORE, HeadData, HeadProblem, HeadSettings, head_loss  # noqa: E402
 from plmforge.core.registry import Registry  # noqa: E402
 from plmforge.core.run import build_backend, build_objectives  # noqa: E402
 from plmforge.core.spec import validate_spec  # noqa: E402
@@ -18,7 +19,6 @@ from plmforge.plugins.backends.torch.heads import (  # noqa: E402
     TunedEncoder,
     build_head,
     fit_head,
-    loss_sum,
     make_batch,
     predict_outputs,
 )
@@ -161,7 +161,7 @@ def test_loss_is_the_mean_over_labelled_items_only(name):
     torch.manual_seed(0)
     outputs = torch.randn(batch.labels.shape + ((problem.num_outputs,) if problem.target == "classification"
                                                   and problem.level != "pair" else ()), requires_grad=True)
-    total, count = loss_sum(problem, outputs, batch.labels)
+    total, count = head_loss(xp, problem, outputs, batch.labels, batch.keep)
     labelled = ~torch.isnan(batch.labels) if problem.target == "regression" else batch.labels != IGNORE
     assert count == labelled.sum()
     total.backward()
@@ -169,7 +169,7 @@ def test_loss_is_the_mean_over_labelled_items_only(name):
     assert torch.all(ignored_grad == 0)
     changed = outputs.detach().clone()
     changed[~labelled] = 1e6  # anything at ignored (or padded) items
-    again, _ = loss_sum(problem, changed, batch.labels)
+    again, _ = head_loss(xp, problem, changed, batch.labels, batch.keep)
     assert float(again) == float(total.detach())
     if problem.level == "residue" and problem.target == "classification":  # against a by-hand mean
         logp = torch.log_softmax(outputs.detach(), -1)[labelled]

@@ -10,7 +10,8 @@ contract's formulas and a training step is one compiled function of (trainable, 
   and convolution weights, LayerNorm at identity), ``apply_head`` maps ``[B, L, d]`` inputs and a
   ``[B, L]`` residue mask to outputs; padding is masked out of attention, zeroed before the
   convolution and excluded from pooling, so predictions do not depend on how a protein was batched.
-* Losses: ``head_loss`` returns (sum, count) over the labelled items; a batch's loss is their ratio.
+* Losses: :func:`plmforge.core.heads.head_loss` (shared with every backend) returns (sum, count) over
+  the labelled items; a batch's loss is their ratio.
 * Fitting: ``fit_head`` trains frozen embeddings -> head, or token ids -> encoder -> head with the
   whole encoder (``full``) or LoRA adapters on q, k, v, o of every encoder self-attention (``lora``).
   The trainer's own parameters are read, never written. Batches have a constant row count
@@ -34,7 +35,15 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from plmforge.core.heads import IGNORE, HeadData, HeadProblem, HeadResult, HeadSettings, pair_prior_logit
+from plmforge.core.heads import (
+    IGNORE,
+    HeadData,
+    HeadProblem,
+    HeadResult,
+    HeadSettings,
+    head_loss,
+    pair_prior_logit,
+)
 from plmforge.plugins.backends.jax.model import Dropout
 from plmforge.plugins.backends.jax.shapes import rung
 from plmforge.plugins.backends.jax.trainer import _to_host
@@ -188,28 +197,6 @@ def apply_head(spec: HeadSpec, params: Tree, x: jax.Array, mask: jax.Array, key:
 
 
 # -- losses ---------------------------------------------------------------------------------------
-def head_loss(problem: HeadProblem, outputs: jax.Array, labels: jax.Array,
-              mask: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """(sum of per-item losses, number of labelled items) of a batch; ignored and padded items count nothing.
-
-    Classification: cross-entropy, label ``IGNORE`` skipped; regression: squared error, NaN skipped;
-    pair: binary cross-entropy on logits, ``IGNORE`` and pairs with a padded residue skipped.
-    """
-    if problem.level == "pair":
-        valid = (labels != IGNORE) & mask[:, :, None] & mask[:, None, :]
-        losses = optax.sigmoid_binary_cross_entropy(outputs, (labels == 1).astype(outputs.dtype))
-    elif problem.target == "classification":
-        valid = labels != IGNORE
-        losses = optax.softmax_cross_entropy_with_integer_labels(outputs, jnp.where(valid, labels, 0))
-    else:
-        valid = ~jnp.isnan(labels)
-        losses = jnp.square(outputs - jnp.where(valid, labels, 0.0))
-    if problem.level == "residue":
-        valid = valid & mask
-    # where(), not a product: an ignored item's loss may be inf or NaN and must not reach the gradient
-    return jnp.sum(jnp.where(valid, losses, 0.0)), jnp.sum(valid).astype(jnp.float32)
-
-
 # -- batches --------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class _Fit:
@@ -302,7 +289,7 @@ def _loss(trainable: Tree, fit: _Fit, frozen: Tree, batch: Tree, key: jax.Array 
     head_key, encoder_key = (None, None) if key is None else tuple(jax.random.split(key))
     x = _features(fit, trainable, frozen, batch, encoder_key)
     outputs = apply_head(fit.head, trainable["head"], x, batch["mask"], head_key)
-    total, count = head_loss(fit.head.problem, outputs, batch["labels"], batch["mask"])
+    total, count = head_loss(jnp, fit.head.problem, outputs, batch["labels"], batch["mask"])
     return total / jnp.maximum(count, 1.0), (total, count, outputs)
 
 

@@ -40,13 +40,22 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import array_api_compat.torch as xp
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from plmforge.core.errors import PlmforgeError
-from plmforge.core.heads import IGNORE, HeadData, HeadProblem, HeadResult, HeadSettings, pair_prior_logit
+from plmforge.core.heads import (
+    IGNORE,
+    HeadData,
+    HeadProblem,
+    HeadResult,
+    HeadSettings,
+    head_loss,
+    pair_prior_logit,
+)
 from plmforge.plugins.backends.torch.model import PAD_ID
 
 MULTIPLE = 8  # batches are padded to a multiple of this many positions
@@ -163,25 +172,6 @@ def build_head(dim: int, problem: HeadProblem, settings: HeadSettings) -> nn.Mod
 
 
 # -- losses -----------------------------------------------------------------------------------------
-def loss_sum(problem: HeadProblem, outputs: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(sum of per-item losses, number of labelled items) of a batch; the loss is their ratio.
-
-    Classification: cross-entropy, ``IGNORE`` left out; regression: squared error, NaN left out;
-    pair: binary cross-entropy on logits, ``IGNORE`` left out. Padding carries the ignore label.
-    """
-    if problem.level == "pair":
-        labelled = labels != IGNORE
-        losses = F.binary_cross_entropy_with_logits(outputs, labels.clamp(min=0).to(outputs.dtype), reduction="none")
-        return torch.where(labelled, losses, 0.0).sum(), labelled.sum()
-    if problem.target == "regression":
-        labelled = ~torch.isnan(labels)
-        error = torch.where(labelled, outputs - torch.nan_to_num(labels), 0.0)
-        return error.square().sum(), labelled.sum()
-    labels = labels.reshape(-1)
-    total = F.cross_entropy(outputs.reshape(labels.shape[0], -1), labels, ignore_index=IGNORE, reduction="sum")
-    return total, (labels != IGNORE).sum()
-
-
 # -- fine-tuned encoders ------------------------------------------------------------------------------
 class LoraLinear(nn.Module):
     """A frozen bias-free ``nn.Linear`` plus a trainable low-rank update: ``W + (alpha/rank)·B·A``.
@@ -333,7 +323,7 @@ def evaluate(model: HeadModel, problem: HeadProblem, data: HeadData, batch_size:
     tokens = model.encoder is not None
     for indices in batches(len(data), batch_size):
         batch = make_batch(problem, data, indices, tokens, device)
-        loss, n = loss_sum(problem, model(batch), batch.labels)
+        loss, n = head_loss(xp, problem, model(batch), batch.labels, batch.keep)
         total, count = total + loss, count + n
     return float(total / count) if count > 0 else float("nan")
 
@@ -409,7 +399,7 @@ def _fit(trainer: Any, problem: HeadProblem, settings: HeadSettings, train: Head
         total, count = torch.zeros((), device=device), torch.zeros((), device=device)
         for indices in batches(len(train), batch_size, torch.randperm(len(train), generator=order)):
             batch = make_batch(problem, train, indices, model.encoder is not None, device)
-            loss, n = loss_sum(problem, model(batch), batch.labels)
+            loss, n = head_loss(xp, problem, model(batch), batch.labels, batch.keep)
             (loss / n.clamp(min=1)).backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
