@@ -28,6 +28,11 @@ from plmforge.core.strict import StrictModel
 class BackendConfig(StrictModel):
     """Base class of a backend's options (the ``backend:`` section besides ``name``)."""
 
+    def for_one_process(self) -> BackendConfig:
+        """These options for work one process does alone (reading a checkpoint, a reference model),
+        even when the run they come from was multi-process."""
+        return self
+
 
 @dataclass(frozen=True)
 class ObjectiveSlot:

@@ -63,7 +63,7 @@ def load_model_and_spec(checkpoint_path: Path, backend_name: str | dict | None =
     spec = checkpoint_spec(path, backend_name, registry)
     vocab, slots = build_objectives(spec)
     loaded = ckpt.load_checkpoint(path, with_training_state=False)
-    backend = build_backend(spec, vocab, slots, registry)
+    backend = build_backend(spec, vocab, slots, registry, one_process=True)  # even from a torchrun run
     backend.load_weights(loaded.weights)
     return backend, vocab, spec, path
 

@@ -337,7 +337,8 @@ def run_tasks(spec: Any, model_spec: Any, backend: Backend, vocab: Vocab, parent
 
     def make_random_backend() -> Backend:
         random_vocab, slots = build_objectives(model_spec)
-        return build_backend(model_spec, random_vocab, slots, registry)  # fresh weights from the model's seed
+        # fresh weights from the model's seed, in this process alone (tasks run on the main process only)
+        return build_backend(model_spec, random_vocab, slots, registry, one_process=True)
 
     cache = EmbeddingCache(default_cache_dir(output_dir) if spec.evaluation.embedding_cache else None)
     evaluator = Evaluator(load_tasks(spec.tasks), backend, vocab, weights_key(backend.weights()), parent,

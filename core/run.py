@@ -80,9 +80,11 @@ def merged_needs(slots: Iterable[ObjectiveSlot]) -> ModelNeeds:
     return ModelNeeds(decoder_lm=decoder, encoder_lm=encoder, per_residue_heads=heads)
 
 
-def build_backend(spec: Spec, vocab: Vocab, slots: list[ObjectiveSlot], registry: Registry) -> Backend:
-    """The spec's backend, set up for ``slots``."""
-    return make_backend(registry.load("backend", spec.backend.name), spec.backend.config, spec, len(vocab), slots)
+def build_backend(spec: Spec, vocab: Vocab, slots: list[ObjectiveSlot], registry: Registry,
+                  one_process: bool = False) -> Backend:
+    """The spec's backend, set up for ``slots``; ``one_process`` for work outside a multi-process run."""
+    options = spec.backend.config.for_one_process() if one_process else spec.backend.config
+    return make_backend(registry.load("backend", spec.backend.name), options, spec, len(vocab), slots)
 
 
 def make_backend(backend_cls: type[Backend], options: Any, spec: Spec, vocab_size: int,

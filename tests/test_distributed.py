@@ -21,6 +21,7 @@ mlflow = pytest.importorskip("mlflow")
 from safetensors.numpy import load_file  # noqa: E402
 
 from plmforge.core import checkpoint  # noqa: E402
+from plmforge.core.embedding import embed_sequences, load_model  # noqa: E402
 from plmforge.core.errors import PlmforgeError  # noqa: E402
 from plmforge.core.run import train  # noqa: E402
 from plmforge.core.spec import validate_spec  # noqa: E402
@@ -88,7 +89,7 @@ def test_two_processes_match_one_and_resume_after_a_stop(single_process, kind):
     # a downstream task after training: the main process scores it on a single-process copy of the weights
     spec["tasks"] = [{"name": "antimicrobial", "label": "amp", "head": {"kind": "linear", "epochs": 1},
                       "max_train_proteins": 100, "max_test_proteins": 50}]
-    spec["evaluation"] = {"references": []}
+    spec["evaluation"] = {"references": ["random"]}  # built in the main process alone, too
     spec_file = tmp_path / f"{kind}.yaml"
     spec_file.write_text(yaml.safe_dump(spec))
     script = tmp_path / "stop_at.py"
@@ -103,7 +104,7 @@ def test_two_processes_match_one_and_resume_after_a_stop(single_process, kind):
     assert resumed.stdout.count("finished 6 steps") == 1  # only rank 0 reports
 
     runs, distributed_losses = losses(tmp_path, kind)
-    assert runs == 2  # rank 0 alone logs; the resumed run continues the same MLflow run, plus the task's run
+    assert runs == 3  # rank 0 alone logs: the resumed run continues the same MLflow run; the task's two runs
     _, reference = losses(tmp_path, "single")
     assert len(distributed_losses) == len(reference) == 6
     np.testing.assert_allclose(distributed_losses, reference, rtol=1e-5)
@@ -117,10 +118,17 @@ def test_two_processes_match_one_and_resume_after_a_stop(single_process, kind):
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name(kind).experiment_id])
     parent = next(r for r in runs if r.data.tags["plmforge.kind"] == "pretrain")
-    task = next(r for r in runs if r.data.tags["plmforge.kind"] == "task")
+    tasks = {r.data.tags["plmforge.reference"]: r for r in runs if r.data.tags["plmforge.kind"] == "task"}
+    assert sorted(tasks) == ["model", "random"]
+    task = tasks["model"]
     assert "over 2 processes (gloo)" in parent.data.tags["plmforge.backend.parallelism"]
     assert task.data.tags["mlflow.parentRunId"] == parent.info.run_id
     assert 0.0 <= task.data.metrics["test/auroc"] <= 1.0 and "task/amp/auroc" in parent.data.metrics
+
+    # the checkpoint of a torchrun run (its spec says distributed) is read by one process
+    backend, vocab = load_model(checkpoint.latest_checkpoint(tmp_path / kind))
+    hidden = embed_sequences(backend, vocab, ["MKTAYIAKQR"])
+    assert hidden[0].shape == (10, spec["model"]["d_model"]) and np.isfinite(hidden[0]).all()
 
 
 def test_micro_batches_must_split_evenly_over_the_processes(tmp_path):

@@ -29,6 +29,10 @@ class TorchBackendConfig(BackendConfig):
                            "per shape family; worth it for long runs on GPU.")
 
 
+    def for_one_process(self) -> TorchBackendConfig:
+        return self.model_copy(update={"distributed": "none"})
+
+
 class TorchBackend(LazyBackend):
     """Ankh/T5 in plain PyTorch: AdamW or Adafactor, bf16 autocast, safetensors weights with HF T5 names."""
 
