@@ -115,7 +115,7 @@ class Attention(nn.Module):
         v = self.v(context).view(batch, k_len, self.num_heads, self.d_kv).transpose(1, 2)
         dropout = self.dropout if self.training else 0.0
         mask = mask.to(q.dtype)
-        if mask.requires_grad and q.device.type == "cpu":
+        if q.device.type == "cpu" and torch.is_grad_enabled():
             out = _attention_with_learned_mask(q, k, v, mask, dropout)
         else:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, scale=1.0)
@@ -124,11 +124,13 @@ class Attention(nn.Module):
 
 def _attention_with_learned_mask(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor,
                                  dropout: float) -> torch.Tensor:
-    """Attention whose additive mask (the position bias) needs a gradient, on CPU.
+    """Attention for training on CPU: matmul, softmax, matmul.
 
-    PyTorch's CPU flash kernel cannot differentiate the mask, so SDPA falls back to its math path,
-    whose NaN-safe softmax costs about a tenth of a training step in extra passes. Our masks are
-    finite (finfo.min, never -inf), so a plain softmax is safe and equal.
+    PyTorch's CPU flash kernel cannot differentiate the mask (the position bias), so SDPA falls back
+    to its math path, whose NaN-safe softmax costs about a tenth of a training step in extra passes;
+    and for the cross-attention, whose mask needs no gradient, the flash kernel's backward is slower
+    than these three ops at protein lengths (measured with benchmarks/train_vs_transformers.py).
+    Our masks are finite (finfo.min, never -inf), so a plain softmax is safe and equal.
     """
     scores = torch.matmul(q, k.transpose(-1, -2)) + mask
     probs = torch.softmax(scores, dim=-1)
