@@ -311,8 +311,7 @@ class TorchTrainer:
             how = "DDP" if self.group.kind == "ddp" else "FSDP2 (fully_shard)"
             parallelism = f"{how} over {self.group.world_size} processes ({dist_backend()})"
         return {"device": str(self.device), "framework": f"torch {torch.__version__}",
-                "precision": self.training.precision, "parallelism": parallelism,
-                "compiled": str(bool(self.config.compile)).lower()}
+                "precision": self.training.precision, "parallelism": parallelism}
 
     def counters(self) -> dict[str, float]:
         return {"compilations": 0.0}  # eager PyTorch compiles nothing
