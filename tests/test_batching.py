@@ -106,3 +106,16 @@ def test_collate_pads_shared_axes_to_a_multiple():
     assert batch["a"].shape == (2, 24) and batch["c"].shape == (2, 16) and batch["p"].shape == (2, 24, 2)
     assert batch["b"][0, 5:].tolist() == [-1.0] * 19 and batch["a"][0, 5:].sum() == 0
     assert batch["k"].tolist() == [1, 2] and batch["a"].dtype == np.int32
+
+
+def test_full_length_crops_are_padded_to_the_crop_length_not_the_next_multiple(corpus):
+    # max_length 128: a cropped protein becomes 129 encoder tokens (</s>); rounding to 16 would give 144
+    stream = make_stream(corpus["train"])
+    assert stream.planner.length_cap == 136
+    widths = {stream.next().arrays["encoder_input_ids"].shape[1] for _ in range(60)}
+    assert 136 in widths and 144 not in widths
+    assert all(width % 16 == 0 for width in widths - {136})
+    # a longer example than the cap (an objective adding more tokens) still rounds to the multiple
+    features = {"a": Feature("int32", "encoder")}
+    assert collate([{"a": np.arange(137)}], features, 16, length_cap=136)["a"].shape == (1, 144)
+    assert collate([{"a": np.arange(20)}], features, 16, length_cap=136)["a"].shape == (1, 32)

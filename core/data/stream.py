@@ -90,7 +90,7 @@ class ExampleStream:
             residues += len(tokens)
             protein = Protein(tokens=tokens, name=self.proteins.name(int(index)), extras=extras, offset=start)
             examples.append(self.objective.make_example(protein, rng))
-        arrays = collate(examples, self.objective.features(), self.planner.pad_to_multiple)
+        arrays = collate(examples, self.objective.features(), self.planner.pad_to_multiple, self.planner.length_cap)
         return MicroBatch(arrays=arrays, weight=self.objective.weight(arrays), residues=residues)
 
     def state(self) -> dict[str, int]:
