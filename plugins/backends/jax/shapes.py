@@ -2,7 +2,8 @@
 
 ``jax.jit`` compiles once per distinct input shape. Batches from the length-bucketed planner already
 have lengths rounded to ``pad_to_multiple``, which bounds the shapes (the quickstart meets 19 in 600
-steps), so by default only the row count is rounded, to a multiple of the device count. Where
+steps; batches of full-length crops are padded to the crop length, one more shape), so by default
+only the row count is rounded, to a multiple of the device count. Where
 shapes still vary too much (long proteins, a small ``pad_to_multiple``), a growth factor above 1
 rounds every axis up a geometric ladder: a number of shapes logarithmic in the largest size, for
 up to that factor more padding per axis (measured on the quickstart: 1.25 gives 13 shapes instead
@@ -38,7 +39,8 @@ def pad_batch(arrays: Mapping[str, np.ndarray], features: Mapping[str, Feature],
     axis_length: dict[str, int] = {}
     for name, feature in features.items():
         if feature.length is not None and name in arrays:
-            axis_length.setdefault(feature.length, rung(arrays[name].shape[1], length_multiple, growth))
+            length = arrays[name].shape[1]  # already rounded by the collator: kept unless a ladder is asked for
+            axis_length.setdefault(feature.length, rung(length, length_multiple, growth) if growth > 1 else length)
     out = {}
     for name, array in arrays.items():
         feature = features.get(name)
