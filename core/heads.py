@@ -48,6 +48,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field, field_validator
 
+from plmforge.core.errors import DataError
 from plmforge.core.losses import count, masked_sum, token_nll
 from plmforge.core.strict import StrictModel
 
@@ -101,6 +102,11 @@ class HeadSettings(StrictModel):
                                                         "per-protein output layer (the linear probe has none).")
     heads: int = Field(4, ge=1, description="Attention heads of the ConvBERT layer.")
     kernel_size: int = Field(7, ge=1, description="Convolution width of the ConvBERT layer (odd).")
+    pair_dim: int = Field(64, ge=1, description="Width of the residue projection whose dot products give "
+                                                "contact logits (pair tasks).")
+    lora_rank: int = Field(8, ge=1, description="Rank of the LoRA adapters.")
+    lora_alpha: float = Field(16.0, gt=0, description="LoRA scale numerator: the update is (alpha/rank)·B·A.")
+    seed: int = Field(0, description="Seeds the head's initialisation, batch order and dropout.")
 
     @field_validator("kernel_size")
     @classmethod
@@ -108,11 +114,6 @@ class HeadSettings(StrictModel):
         if value % 2 == 0:
             raise ValueError("kernel_size must be odd, so the convolution is centred on each residue")
         return value
-    pair_dim: int = Field(64, ge=1, description="Width of the residue projection whose dot products give "
-                                                "contact logits (pair tasks).")
-    lora_rank: int = Field(8, ge=1, description="Rank of the LoRA adapters.")
-    lora_alpha: float = Field(16.0, gt=0, description="LoRA scale numerator: the update is (alpha/rank)·B·A.")
-    seed: int = Field(0, description="Seeds the head's initialisation, batch order and dropout.")
 
 
 @dataclass
@@ -136,6 +137,46 @@ class HeadData:
 
     def __len__(self) -> int:
         return len(self.inputs)
+
+    def residues(self, i: int, tokens: bool) -> int:
+        """Residues of protein ``i``: embedding rows, or token ids less the prefix and ``</s>``."""
+        return len(self.inputs[i]) - self.offset - 1 if tokens else len(self.inputs[i])
+
+
+def check_head_data(problem: HeadProblem, finetune: str, splits: dict[str, HeadData]) -> None:
+    """Refuse, before any training, splits that do not fit the problem or the way the head is fed.
+
+    Both backends call this at the start of ``fit_head``, so a task's bad labels get the same message,
+    naming the split and the protein, on either. ``splits`` maps names to data, the training split first.
+    """
+    tokens = finetune != "frozen"
+    train = next(iter(splits.values()))
+    dim = None if tokens or not len(train) else np.shape(train.inputs[0])[-1]
+    classes = 2 if problem.level == "pair" else problem.num_outputs
+    for name, data in splits.items():
+        if tokens and len(data) and data.offset != train.offset:
+            raise DataError(f"{name}: token offset {data.offset}, but the training split's is {train.offset} "
+                            "(every split must use the same task prefix)")
+        for i, (inputs, labels) in enumerate(zip(data.inputs, data.labels)):
+            where = f"{name} protein {i}"
+            inputs, labels = np.asarray(inputs), np.asarray(labels)
+            if tokens and (inputs.ndim != 1 or not np.issubdtype(inputs.dtype, np.integer)):
+                raise DataError(f"{where}: fine-tuning needs 1-d integer token ids, got {inputs.dtype} {inputs.shape}")
+            if not tokens and (inputs.ndim != 2 or inputs.shape[1] != dim):
+                raise DataError(f"{where}: frozen heads need [L, {dim}] embeddings (the training split's width), "
+                                f"got shape {inputs.shape}")
+            length = data.residues(i, tokens)
+            expected = {"residue": (length,), "pair": (length, length), "protein": ()}[problem.level]
+            if length < 1 or labels.shape != expected:
+                raise DataError(f"{where}: {problem.level}-level labels should have shape {expected} for "
+                                f"{length} residues, got {labels.shape}")
+            if problem.target == "regression":
+                if not np.issubdtype(labels.dtype, np.floating):
+                    raise DataError(f"{where}: regression labels must be floats (NaN for missing), got {labels.dtype}")
+            elif not np.issubdtype(labels.dtype, np.integer):
+                raise DataError(f"{where}: class labels must be integers ({IGNORE} for missing), got {labels.dtype}")
+            elif not np.all((labels == IGNORE) | ((labels >= 0) & (labels < classes))):
+                raise DataError(f"{where}: class labels outside 0..{classes - 1} (or {IGNORE} for missing)")
 
 
 @dataclass

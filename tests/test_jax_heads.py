@@ -15,6 +15,7 @@ pytest.importorskip("jax")
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
+from plmforge.core.errors import DataError  # noqa: E402
 from plmforge.core.heads import IGNORE, HeadData, HeadProblem, HeadSettings, head_loss  # noqa: E402
 from plmforge.core.registry import Registry  # noqa: E402
 from plmforge.core.run import build_backend, build_objectives  # noqa: E402
@@ -242,10 +243,10 @@ def test_history_has_an_entry_per_epoch_and_the_best_epoch_predicts(backend):
 def test_malformed_labels_are_refused(backend):
     data = residue_class_data(50, 2)
     bad = HeadData(data.inputs, [data.labels[0], data.labels[1][:-1]])
-    with pytest.raises(ValueError, match="labels of shape"):
+    with pytest.raises(DataError, match="train protein 1: residue-level labels should have shape"):
         backend.fit_head(RESIDUE_CLASSES, HeadSettings(kind="linear", epochs=1, **FAST), bad, data, [])
     bad = HeadData(data.inputs, [data.labels[0], data.labels[1] + 3])
-    with pytest.raises(ValueError, match="outside"):
+    with pytest.raises(DataError, match="train protein 1: class labels outside 0..2"):
         backend.fit_head(RESIDUE_CLASSES, HeadSettings(kind="linear", epochs=1, **FAST), bad, data, [])
 
 

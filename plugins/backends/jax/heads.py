@@ -35,12 +35,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from plmforge.core.errors import DataError
 from plmforge.core.heads import (
     IGNORE,
     HeadData,
     HeadProblem,
     HeadResult,
     HeadSettings,
+    check_head_data,
     head_loss,
     pair_prior_logit,
 )
@@ -211,11 +213,6 @@ class _Fit:
     trainer: weakref.ref | None = None
 
 
-def residue_count(fit: _Fit, inputs: np.ndarray) -> int:
-    """Residues of a protein: embedding rows (frozen), or tokens less the prefix and ``</s>`` (fine-tuning)."""
-    return int(inputs.shape[0]) if fit.finetune == "frozen" else int(inputs.shape[0]) - fit.offset - 1
-
-
 def collate(fit: _Fit, data: HeadData, indices: Sequence[int], rows: int, growth: float = 1.0) -> dict[str, np.ndarray]:
     """Numpy batch of ``rows`` rows (rows past ``indices`` empty), lengths padded to a 32-multiple rung.
 
@@ -224,7 +221,7 @@ def collate(fit: _Fit, data: HeadData, indices: Sequence[int], rows: int, growth
     """
     problem = fit.head.problem
     inputs = [np.asarray(data.inputs[i]) for i in indices]
-    lengths = [residue_count(fit, x) for x in inputs]
+    lengths = [data.residues(i, fit.finetune != "frozen") for i in indices]
     batch: dict[str, np.ndarray] = {}
     if fit.finetune == "frozen":
         length = rung(max(max(lengths), 1), LENGTH_MULTIPLE, growth)
@@ -245,15 +242,8 @@ def collate(fit: _Fit, data: HeadData, indices: Sequence[int], rows: int, growth
     shape = {"residue": (rows, length), "pair": (rows, length, length), "protein": (rows,)}[problem.level]
     labels = np.full(shape, fill, np.int8 if problem.level == "pair" else dtype)
     for row, (i, n) in enumerate(zip(indices, lengths)):
-        label = np.asarray(data.labels[i])
-        expected = {"residue": (n,), "pair": (n, n), "protein": ()}[problem.level]
-        if label.shape != expected:
-            raise ValueError(f"protein {i}: {problem.level} labels of shape {label.shape}, expected {expected} "
-                             f"for its {n} residues")
-        classes = 2 if problem.level == "pair" else problem.num_outputs
-        if classification and not np.all((label == IGNORE) | ((label >= 0) & (label < classes))):
-            raise ValueError(f"protein {i}: class labels outside 0..{classes - 1} (or {IGNORE})")
-        labels[(row, *(slice(0, k) for k in expected))] = label
+        expected = {"residue": (n,), "pair": (n, n), "protein": ()}[problem.level]  # checked by check_head_data
+        labels[(row, *(slice(0, k) for k in expected))] = data.labels[i]
     batch["labels"] = labels
     return batch
 
@@ -345,16 +335,15 @@ def fit_head(trainer: Any, problem: HeadProblem, settings: HeadSettings, train: 
              predict: Sequence[HeadData]) -> HeadResult:
     """Train a head (and the encoder or its adapters) on ``train``; predict with the best validation epoch."""
     if len(train) == 0:
-        raise ValueError("fit_head needs at least one training protein")
+        raise DataError("fit_head needs at least one training protein")
+    check_head_data(problem, settings.finetune, {"train": train, "validation": validation,
+                                                 **{f"predict[{i}]": d for i, d in enumerate(predict)}})
     placement = trainer.placement
     growth = float(getattr(trainer.config, "shape_growth", 1.0))
     rows = rung(settings.batch_size, placement.size, 1.0)  # constant, and divisible by the device count
     finetune = settings.finetune
     fit = _Fit(HeadSpec.of(problem, settings), finetune, train.offset if finetune != "frozen" else 0,
                settings.lora_alpha / settings.lora_rank, weakref.ref(trainer) if finetune != "frozen" else None)
-    for split in (validation, *predict):
-        if finetune != "frozen" and len(split) and split.offset != fit.offset:
-            raise ValueError(f"all splits need the same token offset; train has {fit.offset}, another {split.offset}")
     d = trainer.context.model.d_model if finetune != "frozen" else int(np.asarray(train.inputs[0]).shape[1])
 
     seed = settings.seed % 2**32
@@ -396,7 +385,7 @@ def fit_head(trainer: Any, problem: HeadProblem, settings: HeadSettings, train: 
             count += float(batch_count)
             if keep:
                 host = _to_host(outputs)
-                predictions += [_crop(problem, host[row], residue_count(fit, np.asarray(data.inputs[i])))
+                predictions += [_crop(problem, host[row], data.residues(i, fit.finetune != "frozen"))
                                 for row, i in enumerate(indices)]
         return (total / count if count else float("nan")), predictions
 

@@ -53,6 +53,7 @@ from plmforge.core.heads import (
     HeadProblem,
     HeadResult,
     HeadSettings,
+    check_head_data,
     head_loss,
     pair_prior_logit,
 )
@@ -234,16 +235,11 @@ def _round_up(n: int) -> int:
     return -(-n // MULTIPLE) * MULTIPLE
 
 
-def residue_count(data: HeadData, i: int, tokens: bool) -> int:
-    """Residues of protein ``i``: embedding rows, or token ids minus the prefix and ``</s>``."""
-    return len(data.inputs[i]) - data.offset - 1 if tokens else len(data.inputs[i])
-
-
 def make_batch(problem: HeadProblem, data: HeadData, indices: Sequence[int], tokens: bool,
                device: torch.device, with_labels: bool = True) -> Batch:
     """Pad proteins ``indices`` of ``data`` to the longest (rounded up to a multiple of 8 for the
     tensor the batch starts from: embeddings, or token ids whose residues are then sliced out)."""
-    lengths = [residue_count(data, i, tokens) for i in indices]
+    lengths = [data.residues(i, tokens) for i in indices]
     if tokens:
         ids = np.zeros((len(indices), _round_up(max(len(data.inputs[i]) for i in indices))), np.int64)
         for row, i in enumerate(indices):
@@ -267,22 +263,6 @@ def make_batch(problem: HeadProblem, data: HeadData, indices: Sequence[int], tok
             padded[(row, *(slice(0, lengths[row]) for _ in shape))] = data.labels[i]
         labels = torch.from_numpy(padded).to(device)
     return Batch(inputs.to(device), keep.to(device), labels, lengths)
-
-
-def check_data(problem: HeadProblem, data: HeadData, tokens: bool, name: str, dim: int | None) -> None:
-    """Clear errors for inputs and labels that do not fit the problem or the fine-tuning mode."""
-    for i, (inputs, labels) in enumerate(zip(data.inputs, data.labels)):
-        if tokens and (inputs.ndim != 1 or not np.issubdtype(inputs.dtype, np.integer)):
-            raise PlmforgeError(f"{name} protein {i}: fine-tuning needs 1-d integer token ids, got "
-                                f"{inputs.dtype} {inputs.shape}")
-        if not tokens and (inputs.ndim != 2 or inputs.shape[1] != dim):
-            raise PlmforgeError(f"{name} protein {i}: frozen heads need [L, {dim}] embeddings (the training "
-                                f"split's width), got shape {inputs.shape}")
-        length = residue_count(data, i, tokens)
-        expected = {"residue": (length,), "pair": (length, length), "protein": ()}[problem.level]
-        if length < 1 or np.shape(labels) != expected:
-            raise PlmforgeError(f"{name} protein {i}: {problem.level}-level labels should have shape {expected} "
-                                f"for {length} residues, got {np.shape(labels)}")
 
 
 # -- the model a head is fitted as -------------------------------------------------------------------
@@ -352,11 +332,8 @@ def fit_head(trainer: Any, problem: HeadProblem, settings: HeadSettings, train: 
     backend's ``TorchTrainer`` (its ``model``, ``device`` and ``_autocast``)."""
     if len(train) == 0:
         raise PlmforgeError("fit_head needs at least one training protein")
-    tokens = settings.finetune != "frozen"
-    dim = None if tokens else np.shape(train.inputs[0])[-1]
-    for name, data in [("train", train), ("validation", validation),
-                       *((f"predict[{i}]", d) for i, d in enumerate(predict))]:
-        check_data(problem, data, tokens, name, dim)
+    check_head_data(problem, settings.finetune, {"train": train, "validation": validation,
+                                                 **{f"predict[{i}]": d for i, d in enumerate(predict)}})
     device = trainer.device
     cuda = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=cuda):  # the pretraining's RNG streams come back unchanged
@@ -378,9 +355,6 @@ def _fit(trainer: Any, problem: HeadProblem, settings: HeadSettings, train: Head
         head = build_head(trainer.model.config.d_model, problem, settings)
         encoder = TunedEncoder(trainer.model, settings.finetune, settings, torch.Generator().manual_seed(settings.seed))
         model = HeadModel(head.to(device), encoder, train.offset, trainer._autocast)
-        for split in (validation, *predict_splits):
-            if split.offset != train.offset:
-                raise PlmforgeError(f"splits disagree on the token offset ({train.offset} and {split.offset})")
 
     if problem.level == "pair":
         with torch.no_grad():
