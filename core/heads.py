@@ -42,6 +42,7 @@ the one that picks the best epoch) are means over all labelled items of the spli
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -141,6 +142,35 @@ class HeadData:
     def residues(self, i: int, tokens: bool) -> int:
         """Residues of protein ``i``: embedding rows, or token ids less the prefix and ``</s>``."""
         return len(self.inputs[i]) - self.offset - 1 if tokens else len(self.inputs[i])
+
+    def lengths(self, tokens: bool) -> list[int]:
+        return [self.residues(i, tokens) for i in range(len(self))]
+
+
+#: Training batches are sorted by length within pools of this many batches (shuffled every epoch).
+POOL_BATCHES = 32
+
+
+def head_batches(lengths: Sequence[int], batch_size: int, rng: np.random.Generator | None = None) -> list[list[int]]:
+    """Batches of proteins of similar length, so little of a head's compute goes to padding.
+
+    Training (``rng`` given): shuffled, sorted by length within pools of ``POOL_BATCHES`` batches, cut,
+    and the batches shuffled: similar lengths together, a different grouping every epoch. Evaluation
+    (no ``rng``): sorted by length; callers put predictions back in input order.
+    """
+    lengths = np.asarray(lengths)
+    n = len(lengths)
+    if rng is None:
+        order = np.argsort(lengths, kind="stable")
+        return [order[i:i + batch_size].tolist() for i in range(0, n, batch_size)]
+    order = rng.permutation(n)
+    pool = batch_size * POOL_BATCHES
+    batches: list[list[int]] = []
+    for start in range(0, n, pool):
+        part = order[start:start + pool]
+        part = part[np.argsort(lengths[part], kind="stable")]
+        batches += [part[i:i + batch_size].tolist() for i in range(0, len(part), batch_size)]
+    return [batches[i] for i in rng.permutation(len(batches))]
 
 
 def check_head_data(problem: HeadProblem, finetune: str, splits: dict[str, HeadData]) -> None:

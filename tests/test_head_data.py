@@ -52,3 +52,24 @@ def test_well_formed_splits_pass():
 def test_ill_fitting_data_names_the_split_and_protein(problem, finetune, splits, message):
     with pytest.raises(DataError, match=message):
         check_head_data(problem, finetune, splits)
+
+
+def test_head_batches_group_similar_lengths_and_cover_every_protein_once():
+    from plmforge.core.data.sources import load_builtin
+    from plmforge.core.heads import head_batches
+
+    lengths = np.minimum(load_builtin("scl2205")["train"].lengths[:2000], 1000)
+    rng = np.random.default_rng(0)
+
+    def padded(batches):
+        return sum(len(b) * lengths[b].max() for b in batches)
+
+    epoch1, epoch2 = head_batches(lengths, 16, rng), head_batches(lengths, 16, rng)
+    for batches in (epoch1, epoch2, head_batches(lengths, 16)):
+        assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+        assert all(len(b) <= 16 for b in batches)
+    order = rng.permutation(len(lengths))
+    shuffled = [order[i:i + 16] for i in range(0, len(order), 16)]
+    assert padded(epoch1) < 0.8 * padded(shuffled)  # far less padding than random batches
+    assert padded(head_batches(lengths, 16)) <= padded(epoch1)  # evaluation: fully sorted
+    assert {tuple(b) for b in epoch1} != {tuple(b) for b in epoch2}  # regrouped every epoch

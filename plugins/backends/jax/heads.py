@@ -43,6 +43,7 @@ from plmforge.core.heads import (
     HeadResult,
     HeadSettings,
     check_head_data,
+    head_batches,
     head_loss,
     pair_prior_logit,
 )
@@ -366,11 +367,9 @@ def fit_head(trainer: Any, problem: HeadProblem, settings: HeadSettings, train: 
     opt_state = optimizer.init(trainable)
     opt_state = jax.device_put(opt_state, placement.tree(opt_state))
 
-    def batches(data: HeadData, order: Sequence[int]):
-        for start in range(0, len(order), rows):
-            indices = list(order[start:start + rows])
-            arrays = collate(fit, data, indices, rows, growth)
-            yield indices, arrays
+    def batches(data: HeadData, rng: np.random.Generator | None = None):
+        for indices in head_batches(data.lengths(finetune != "frozen"), settings.batch_size, rng):
+            yield indices, collate(fit, data, indices, rows, growth)
 
     def place(kind: str, arrays: dict[str, np.ndarray]) -> Tree:
         trainer.signatures.add((f"head_{kind}", finetune, fit.head.kind, problem.level,
@@ -378,15 +377,15 @@ def fit_head(trainer: Any, problem: HeadProblem, settings: HeadSettings, train: 
         return placement.put_batch(arrays)
 
     def evaluate(params: Tree, data: HeadData, keep: bool) -> tuple[float, list[np.ndarray]]:
-        total, count, predictions = 0.0, 0.0, []
-        for indices, arrays in batches(data, range(len(data))):
+        total, count, predictions = 0.0, 0.0, [np.empty(0)] * len(data)
+        for indices, arrays in batches(data):
             batch_total, batch_count, outputs = _evaluate(fit, params, frozen, place("eval", arrays))
             total += float(batch_total)
             count += float(batch_count)
             if keep:
                 host = _to_host(outputs)
-                predictions += [_crop(problem, host[row], data.residues(i, fit.finetune != "frozen"))
-                                for row, i in enumerate(indices)]
+                for row, i in enumerate(indices):
+                    predictions[i] = _crop(problem, host[row], data.residues(i, finetune != "frozen"))
         return (total / count if count else float("nan")), predictions
 
     rng = np.random.default_rng(seed)
@@ -395,7 +394,7 @@ def fit_head(trainer: Any, problem: HeadProblem, settings: HeadSettings, train: 
     for epoch in range(settings.epochs):
         epoch_key = jax.random.fold_in(dropout_root, epoch)
         total = count = jnp.zeros((), jnp.float32)
-        for step, (_, arrays) in enumerate(batches(train, rng.permutation(len(train)))):
+        for step, (_, arrays) in enumerate(batches(train, rng)):
             trainable, opt_state, batch_total, batch_count = _train_step(
                 fit, trainable, opt_state, frozen, place("train", arrays), jax.random.fold_in(epoch_key, step))
             total, count = total + batch_total, count + batch_count

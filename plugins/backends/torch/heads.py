@@ -12,15 +12,15 @@ each framework. This file is that loop for PyTorch, readable top to bottom:
   adapters on q, k, v, o of every encoder self-attention layer (``lora``), whose frozen base
   weights share storage with the backend's model but are never written, so the backend's weights
   are bit-identical afterwards;
-* ``fit_head``: AdamW, shuffled batches padded to the longest protein (rounded up to a multiple of
-  8), validation after each epoch, the state of the epoch with the lowest validation loss kept and
-  used for the predictions.
+* ``fit_head``: AdamW, batches of similar lengths (``core.heads.head_batches``) padded to the longest
+  protein (rounded up to a multiple of 8), validation after each epoch, the state of the epoch with
+  the lowest validation loss kept and used for the predictions.
 
 Randomness: the head's initialisation and all dropout draw from the global torch generators, forked
 and seeded with ``settings.seed`` for the duration of ``fit_head`` (so the pretraining's RNG streams
-are left exactly as they were); batch order and LoRA initialisation draw from their own
-``torch.Generator`` each, seeded the same way, so the frozen and fine-tuned runs of one seed start
-from the same head and see the same batches.
+are left exactly as they were); batch order (a numpy generator) and LoRA initialisation (a
+``torch.Generator``) draw from their own generators, seeded the same way, so the frozen and
+fine-tuned runs of one seed start from the same head and see the same batches.
 
 Details the contract leaves open, chosen here: linear layers, the depthwise convolution and the
 ConvBERT attention projections have biases (PyTorch defaults, default initialisation); the ConvBERT
@@ -54,6 +54,7 @@ from plmforge.core.heads import (
     HeadResult,
     HeadSettings,
     check_head_data,
+    head_batches,
     head_loss,
     pair_prior_logit,
 )
@@ -289,11 +290,6 @@ class HeadModel(nn.Module):
         return {name: p for name, p in self.named_parameters() if p.requires_grad}
 
 
-def batches(n: int, batch_size: int, order: torch.Tensor | None = None) -> list[list[int]]:
-    indices = list(range(n)) if order is None else order.tolist()
-    return [indices[i:i + batch_size] for i in range(0, n, batch_size)]
-
-
 @torch.no_grad()
 def evaluate(model: HeadModel, problem: HeadProblem, data: HeadData, batch_size: int,
              device: torch.device) -> float:
@@ -301,7 +297,7 @@ def evaluate(model: HeadModel, problem: HeadProblem, data: HeadData, batch_size:
     model.eval()
     total, count = torch.zeros((), device=device), torch.zeros((), device=device)
     tokens = model.encoder is not None
-    for indices in batches(len(data), batch_size):
+    for indices in head_batches(data.lengths(tokens), batch_size):
         batch = make_batch(problem, data, indices, tokens, device)
         loss, n = head_loss(xp, problem, model(batch), batch.labels, batch.keep)
         total, count = total + loss, count + n
@@ -314,13 +310,13 @@ def predict_outputs(model: HeadModel, problem: HeadProblem, data: HeadData, batc
     """Eval-mode outputs per protein, padding cropped: residue [L, C] / [L], pair [L, L], protein [C] / []."""
     model.eval()
     tokens = model.encoder is not None
-    out: list[np.ndarray] = []
-    for indices in batches(len(data), batch_size):
+    out: list[np.ndarray] = [np.empty(0)] * len(data)
+    for indices in head_batches(data.lengths(tokens), batch_size):
         batch = make_batch(problem, data, indices, tokens, device, with_labels=False)
         outputs = model(batch).float().cpu().numpy()
-        for row, length in enumerate(batch.lengths):
+        for row, (i, length) in enumerate(zip(indices, batch.lengths)):
             crop = {"residue": (slice(0, length),), "pair": (slice(0, length),) * 2, "protein": ()}[problem.level]
-            out.append(np.array(outputs[(row, *crop)], dtype=np.float32))
+            out[i] = np.array(outputs[(row, *crop)], dtype=np.float32)
     return out
 
 
@@ -347,7 +343,7 @@ def fit_head(trainer: Any, problem: HeadProblem, settings: HeadSettings, train: 
 def _fit(trainer: Any, problem: HeadProblem, settings: HeadSettings, train: HeadData, validation: HeadData,
          predict_splits: Sequence[HeadData]) -> HeadResult:
     device, batch_size = trainer.device, settings.batch_size
-    order = torch.Generator().manual_seed(settings.seed)  # batch order: the same draws in every mode
+    order = np.random.default_rng(settings.seed)  # batch order: the same draws in every mode
     if settings.finetune == "frozen":
         head = build_head(train.inputs[0].shape[1], problem, settings)
         model = HeadModel(head).to(device)
@@ -371,7 +367,7 @@ def _fit(trainer: Any, problem: HeadProblem, settings: HeadSettings, train: Head
     for epoch in range(1, settings.epochs + 1):
         model.train()
         total, count = torch.zeros((), device=device), torch.zeros((), device=device)
-        for indices in batches(len(train), batch_size, torch.randperm(len(train), generator=order)):
+        for indices in head_batches(train.lengths(model.encoder is not None), batch_size, order):
             batch = make_batch(problem, train, indices, model.encoder is not None, device)
             loss, n = head_loss(xp, problem, model(batch), batch.labels, batch.keep)
             (loss / n.clamp(min=1)).backward()
