@@ -304,6 +304,8 @@ def convert(source: Path, dest: Path, target: str | None, force: bool) -> None:
               help="Compare the top-level runs of this experiment (repeatable). Default: every experiment.")
 @click.option("--runs", "runs", multiple=True, metavar="ID",
               help="Compare exactly these runs, in this order: full or short ids (--runs A B, --runs A,B).")
+@click.option("-n", "--limit", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Only the N most recent top-level runs (of --experiment, or of every experiment).")
 @click.option("-m", "--metric", "metrics", multiple=True, metavar="PATTERN",
               help="Metrics to show, fnmatch pattern (repeatable); replaces the default train/loss, val/loss, task/*.")
 @click.option("--references", is_flag=True, help="Also show the reference/* metrics (one-hot and random baselines).")
@@ -313,8 +315,8 @@ def convert(source: Path, dest: Path, target: str | None, force: bool) -> None:
               help="Also write a PNG of loss curves and downstream task metrics.")
 @click.option("--tracking-uri", default=None, metavar="URI",
               help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db).")
-def compare(run_ids: tuple[str, ...], experiments: tuple[str, ...], runs: tuple[str, ...], metrics: tuple[str, ...],
-            references: bool, fmt: str, plot: Path | None, tracking_uri: str | None) -> None:
+def compare(run_ids: tuple[str, ...], experiments: tuple[str, ...], runs: tuple[str, ...], limit: int | None,
+            metrics: tuple[str, ...], references: bool, fmt: str, plot: Path | None, tracking_uri: str | None) -> None:
     """Runs side by side: differing spec params, final losses, task metrics; best per column marked *.
 
     Rows are top-level runs (pretraining and evaluations); the per-task child runs are summed up in their
@@ -326,7 +328,7 @@ def compare(run_ids: tuple[str, ...], experiments: tuple[str, ...], runs: tuple[
     ids = [i.strip() for value in (*runs, *run_ids) for i in value.split(",") if i.strip()]
     source = comparing.RunSource(resolve_tracking_uri(tracking_uri))
     try:
-        selected = source.select(list(experiments), ids)
+        selected = source.select(list(experiments), ids, limit)
     except comparing.NoRuns as exc:
         click.echo(str(exc), err=True)
         return

@@ -168,10 +168,17 @@ class RunSource:
         return PlmforgeError(f"cannot read MLflow runs at {self.uri}: {type(exc).__name__}: {first}")
 
     # -- selection --------------------------------------------------------------------------------------------
-    def select(self, experiments: Sequence[str] = (), run_ids: Sequence[str] = ()) -> list[RunSummary]:
-        """The runs to compare; raises PlmforgeError for unknown names or ids, NoRuns when there are none."""
+    def select(self, experiments: Sequence[str] = (), run_ids: Sequence[str] = (),
+               limit: int | None = None) -> list[RunSummary]:
+        """The runs to compare; raises PlmforgeError for unknown names or ids, NoRuns when there are none.
+
+        ``limit``: only the most recent top-level runs of the experiments (still shown oldest first), so an
+        experiment with hundreds of runs gives a readable table without fetching every run's details.
+        """
         if experiments and run_ids:
             raise PlmforgeError("give either --experiment or run ids, not both")
+        if limit is not None and run_ids:
+            raise PlmforgeError("--limit picks among an experiment's runs; with run ids, name only the ones to show")
         where = f"{self.missing_store} does not exist (tracking URI {self.uri}; "\
                 f"set --tracking-uri or MLFLOW_TRACKING_URI)" if self.missing_store else ""
         if run_ids:
@@ -189,6 +196,8 @@ class RunSource:
         ids = [e.experiment_id for e in chosen]
         self._experiment_names.update({e.experiment_id: e.name for e in chosen})
         runs = [run for run in self._search(ids) if PARENT_TAG not in run.data.tags] if ids else []
+        if limit is not None:
+            runs = runs[-limit:] if limit > 0 else []
         if not runs:
             names = ", ".join(repr(e.name) for e in chosen)
             scope = f"experiment{'s' if len(chosen) > 1 else ''} {names}" if experiments else "any experiment"

@@ -260,3 +260,15 @@ def test_compare_help_imports_no_framework():
         """)
     out = subprocess.run([sys.executable, "-c", probe, "compare", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "--tracking-uri" in out.stdout and "HEAVY=\n" in out.stderr, out.stderr
+
+
+def test_limit_keeps_the_most_recent_runs_oldest_first(store):
+    uri, ids = store
+    out = cli("--tracking-uri", uri, "--limit", "2", "--format", "csv")
+    assert out.exit_code == 0, out.output
+    assert [r["run"] for r in csv.DictReader(io.StringIO(out.stdout))] == ["lr-small-wide", "eval-small"]
+    sweep = cli("--tracking-uri", uri, "--experiment", "sweep", "-n", "1", "--format", "csv")
+    assert [r["run"] for r in csv.DictReader(io.StringIO(sweep.stdout))] == ["lr-small-wide"]
+    both = cli("--tracking-uri", uri, "--limit", "1", "--runs", ids["eval"])
+    assert both.exit_code != 0 and "--limit picks among an experiment's runs" in both.output
+    assert cli("--tracking-uri", uri, "--limit", "0").exit_code != 0  # click: 0 is not in the range
