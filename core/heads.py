@@ -180,8 +180,10 @@ def check_head_data(problem: HeadProblem, finetune: str, splits: dict[str, HeadD
     naming the split and the protein, on either. ``splits`` maps names to data, the training split first.
     """
     tokens = finetune != "frozen"
-    train = next(iter(splits.values()))
-    dim = None if tokens or not len(train) else np.shape(train.inputs[0])[-1]
+    train_name, train = next(iter(splits.items()))
+    if not len(train):
+        raise DataError(f"fit_head needs at least one {train_name} protein")
+    dim = None if tokens else np.shape(train.inputs[0])[-1]
     classes = 2 if problem.level == "pair" else problem.num_outputs
     for name, data in splits.items():
         if tokens and len(data) and data.offset != train.offset:

@@ -48,6 +48,7 @@ def test_well_formed_splits_pass():
      r"class labels outside 0..1"),
     (PROTEIN_VALUE, "frozen", {"train": HeadData([np.ones((2, 4), np.float32)], [np.array(3)])},
      "train protein 0: regression labels must be floats"),
+    (RESIDUE_CLASSES, "frozen", {"train": frozen(()), "validation": frozen()}, "needs at least one train protein"),
 ])
 def test_ill_fitting_data_names_the_split_and_protein(problem, finetune, splits, message):
     with pytest.raises(DataError, match=message):

@@ -30,10 +30,7 @@ def round_up(value: int | np.ndarray, multiple: int) -> int | np.ndarray:
 def padded_length(longest: int | np.ndarray, multiple: int, cap: int | None = None) -> int | np.ndarray:
     """``longest`` rounded up to ``multiple``, but no further than ``cap`` when it fits under it."""
     padded = round_up(longest, multiple)
-    if cap is None:
-        return padded
-    return np.where((longest <= cap) & (padded > cap), cap, padded) if isinstance(padded, np.ndarray) \
-        else (cap if longest <= cap < padded else padded)
+    return padded if cap is None else np.where((longest <= cap) & (padded > cap), cap, padded)
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from plmforge.core.errors import DataError
 from plmforge.core.heads import (
     IGNORE,
     HeadData,
@@ -335,8 +334,6 @@ def _size(tree: Any) -> int:
 def fit_head(trainer: Any, problem: HeadProblem, settings: HeadSettings, train: HeadData, validation: HeadData,
              predict: Sequence[HeadData]) -> HeadResult:
     """Train a head (and the encoder or its adapters) on ``train``; predict with the best validation epoch."""
-    if len(train) == 0:
-        raise DataError("fit_head needs at least one training protein")
     check_head_data(problem, settings.finetune, {"train": train, "validation": validation,
                                                  **{f"predict[{i}]": d for i, d in enumerate(predict)}})
     placement = trainer.placement

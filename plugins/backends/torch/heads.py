@@ -46,7 +46,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from plmforge.core.errors import PlmforgeError
 from plmforge.core.heads import (
     IGNORE,
     HeadData,
@@ -326,8 +325,6 @@ def fit_head(trainer: Any, problem: HeadProblem, settings: HeadSettings, train: 
     """Train a head (and the encoder when fine-tuning) on ``train``; keep the epoch with the lowest
     validation loss; return its predictions for each split in ``predict``. ``trainer`` is the
     backend's ``TorchTrainer`` (its ``model``, ``device`` and ``_autocast``)."""
-    if len(train) == 0:
-        raise PlmforgeError("fit_head needs at least one training protein")
     check_head_data(problem, settings.finetune, {"train": train, "validation": validation,
                                                  **{f"predict[{i}]": d for i, d in enumerate(predict)}})
     device = trainer.device
@@ -362,13 +359,15 @@ def _fit(trainer: Any, problem: HeadProblem, settings: HeadSettings, train: Head
                        "lr": settings.encoder_lr})
     optimizer = torch.optim.AdamW(groups, lr=settings.lr, weight_decay=settings.weight_decay)
 
+    tokens = model.encoder is not None
+    train_lengths = train.lengths(tokens)
     history: list[dict[str, float]] = []
     best_loss, best_epoch, best_state = math.inf, 0, None
     for epoch in range(1, settings.epochs + 1):
         model.train()
         total, count = torch.zeros((), device=device), torch.zeros((), device=device)
-        for indices in head_batches(train.lengths(model.encoder is not None), batch_size, order):
-            batch = make_batch(problem, train, indices, model.encoder is not None, device)
+        for indices in head_batches(train_lengths, batch_size, order):
+            batch = make_batch(problem, train, indices, tokens, device)
             loss, n = head_loss(xp, problem, model(batch), batch.labels, batch.keep)
             (loss / n.clamp(min=1)).backward()
             optimizer.step()
