@@ -28,11 +28,11 @@ import torch  # noqa: F401  (versions in the report)
 import yaml
 from _common import QUICKSTART, environment, print_environment, write_json
 
+from plmforge.core.build import build_backend, build_objectives, make_planner, prepared_source
 from plmforge.core.data.sources import load_splits
 from plmforge.core.data.stream import ExampleStream
 from plmforge.core.objective import ENCODER_INPUT
 from plmforge.core.registry import Registry
-from plmforge.core.run import build_backend, build_objectives, make_planner, prepared_source
 from plmforge.core.schedule import rate_for
 from plmforge.core.spec import validate_spec
 

@@ -41,11 +41,11 @@ from _common import (
     write_json,
 )
 
+from plmforge.core.build import build_backend, build_objectives
 from plmforge.core.data.batching import BatchPlanner
 from plmforge.core.data.sources import load_splits
 from plmforge.core.embedding import embed_sequences
 from plmforge.core.registry import Registry
-from plmforge.core.run import build_backend, build_objectives
 from plmforge.core.spec import load_spec
 
 

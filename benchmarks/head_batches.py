@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 from _common import QUICKSTART, environment, interleaved_rounds, print_environment, summarize, write_json
 
+from plmforge.core.build import build_backend, build_objectives
 from plmforge.core.evaluation import SPLITS, load_tasks, one_hot, prepared_splits, standardize
 from plmforge.core.heads import HeadData
 from plmforge.core.registry import Registry
-from plmforge.core.run import build_backend, build_objectives
 from plmforge.core.spec import load_spec
 
 

@@ -99,10 +99,10 @@ def child(args: argparse.Namespace) -> dict:
     import numpy as np
     import torch
 
+    from plmforge.core.build import build_backend, build_objectives, make_planner
     from plmforge.core.data.sources import load_splits
     from plmforge.core.data.stream import ExampleStream
     from plmforge.core.registry import Registry
-    from plmforge.core.run import build_backend, build_objectives, make_planner
     from plmforge.core.spec import load_spec
 
     overrides = [f"model.preset={args.preset}", f"model.gradient_checkpointing={str(args.gc).lower()}",

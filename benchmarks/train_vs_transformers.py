@@ -42,11 +42,11 @@ from _common import (
     write_json,
 )
 
+from plmforge.core.build import build_backend, build_objectives, make_planner
 from plmforge.core.data.sources import load_splits
 from plmforge.core.data.stream import ExampleStream
 from plmforge.core.objective import DECODER_INPUT, ENCODER_INPUT
 from plmforge.core.registry import Registry
-from plmforge.core.run import build_backend, build_objectives, make_planner
 from plmforge.core.schedule import rate_for
 from plmforge.core.spec import load_spec
 

@@ -13,10 +13,11 @@ import yaml
 
 from plmforge.core import checkpoint as ckpt
 from plmforge.core.backend import Backend
+from plmforge.core.build import build_model
 from plmforge.core.data.batching import BatchPlanner, round_up
 from plmforge.core.errors import PlmforgeError
 from plmforge.core.registry import Registry
-from plmforge.core.spec import Spec
+from plmforge.core.spec import Spec, validate_spec
 from plmforge.core.vocab import Vocab
 
 
@@ -32,8 +33,6 @@ def checkpoint_dir(path: Path) -> Path:
 
 def checkpoint_spec(path: Path, backend: str | dict | None = None, registry: Registry | None = None) -> Spec:
     """The spec a checkpoint was trained with; ``backend`` (a name or a backend section) replaces its own."""
-    from plmforge.core.spec import validate_spec
-
     spec_file = Path(path) / ckpt.SPEC
     raw = yaml.safe_load(spec_file.read_text())
     if backend:
@@ -56,14 +55,11 @@ def load_model(checkpoint_path: Path, backend_name: str | dict | None = None,
 def load_model_and_spec(checkpoint_path: Path, backend_name: str | dict | None = None,
                         registry: Registry | None = None) -> tuple[Backend, Vocab, Spec, Path]:
     """:func:`load_model`, plus the checkpoint's spec and the checkpoint directory it resolved to."""
-    from plmforge.core.run import build_backend, build_objectives
-
     registry = registry or Registry()
     path = checkpoint_dir(checkpoint_path)
     spec = checkpoint_spec(path, backend_name, registry)
-    vocab, slots = build_objectives(spec)
     loaded = ckpt.load_checkpoint(path, with_training_state=False)
-    backend = build_backend(spec, vocab, slots, registry, one_process=True)  # even from a torchrun run
+    backend, vocab = build_model(spec, registry)  # in this process alone, even from a torchrun run
     backend.load_weights(loaded.weights)
     return backend, vocab, spec, path
 

@@ -20,16 +20,22 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from plmforge.core import embedding
 from plmforge.core.backend import Backend
+from plmforge.core.build import build_model
 from plmforge.core.errors import PlmforgeError
 from plmforge.core.heads import HeadData, HeadResult
+from plmforge.core.registry import Registry
 from plmforge.core.task import SPLITS, Task, TaskData, TaskSplit
 from plmforge.core.tracking import Tracker, flatten
 from plmforge.core.vocab import Vocab
+
+if TYPE_CHECKING:
+    from plmforge.core.spec import Spec, TaskSection
 
 #: One-hot baseline alphabet: the 20 standard residues; anything else (X, U, B, ...) is all zeros.
 ONE_HOT_LETTERS = "ACDEFGHIKLMNPQRSTVWY"
@@ -168,39 +174,57 @@ def prepared_splits(task: Task, data: TaskData, seed: int) -> dict[str, TaskSpli
     return out
 
 
-class Evaluator:
-    """Runs the tasks of a spec on one model and logs them under ``parent`` (a started Tracker)."""
+@dataclass(frozen=True)
+class EvaluationPlan:
+    """What evaluating takes from a spec: its tasks and how to run them (references, cache, batches, seed)."""
 
-    def __init__(self, tasks: list[tuple[str, Task]], backend: Backend, vocab: Vocab, model_key: str | None,
-                 parent: Tracker, references: list[str], make_random_backend: Callable[[], Backend] | None,
-                 cache: EmbeddingCache, output_dir: Path, seed: int = 0, batch_tokens: int = 8192,
-                 say: Callable[[str], None] = lambda text: None,
-                 on_task_end: Callable[[TaskOutcome], None] = lambda outcome: None, standardize: bool = True):
-        self.tasks = tasks
+    tasks: list[tuple[str, Task]]
+    references: list[str]
+    output_dir: Path  # figures, and the embedding cache when it is on
+    seed: int = 0
+    batch_tokens: int = 8192
+    standardize: bool = True
+    embedding_cache: bool = True
+
+    @classmethod
+    def from_spec(cls, spec: Spec, output_dir: Path | None = None) -> EvaluationPlan:
+        """The plan of ``spec``'s ``tasks:`` and ``evaluation:`` sections (output in its output_dir by default)."""
+        settings = spec.evaluation
+        return cls(tasks=load_tasks(spec.tasks), references=list(settings.references),
+                   output_dir=Path(output_dir if output_dir is not None else spec.resolved_output_dir),
+                   seed=spec.seed, batch_tokens=settings.batch_tokens, standardize=settings.standardize,
+                   embedding_cache=settings.embedding_cache)
+
+
+class Evaluator:
+    """Runs the tasks of a plan on one model and logs them under ``parent`` (a started Tracker).
+
+    ``random_model`` builds the same model with fresh weights, for the ``random`` reference.
+    """
+
+    def __init__(self, plan: EvaluationPlan, backend: Backend, vocab: Vocab, parent: Tracker,
+                 random_model: Callable[[], Backend] | None = None, say: Callable[[str], None] = lambda text: None,
+                 on_task_end: Callable[[TaskOutcome], None] = lambda outcome: None):
+        self.plan = plan
         self.backend = backend
         self.vocab = vocab
-        self.model_key = model_key
+        self.model_key = weights_key(backend.weights())
         self.parent = parent
-        self.references = references
-        self.make_random_backend = make_random_backend
-        self.cache = cache
-        self.output_dir = Path(output_dir)
-        self.seed = seed
-        self.batch_tokens = batch_tokens
+        self.random_model = random_model
+        self.cache = EmbeddingCache(default_cache_dir(plan.output_dir) if plan.embedding_cache else None)
         self.say = say
         self.on_task_end = on_task_end
-        self.standardize = standardize
         self._random: Representation | None = None
 
     def run(self) -> list[TaskOutcome]:
         outcomes = []
-        for label, task in self.tasks:
+        for label, task in self.plan.tasks:
             self._check_prefix(label, task)
             data = task.load()
-            splits = prepared_splits(task, data, self.seed)
+            splits = prepared_splits(task, data, self.plan.seed)
             counts = ", ".join(f"{len(splits[s])} {s}" for s in SPLITS)
             self.say(f"task {label}: {counts} proteins")
-            for reference in ["model", *self.references]:
+            for reference in ["model", *self.plan.references]:
                 outcome = self._fit(label, task, data, splits, self._representation(reference))
                 outcomes.append(outcome)
                 self.on_task_end(outcome)
@@ -220,9 +244,9 @@ class Evaluator:
             return Representation("onehot", None, None)
         if reference == "random":
             if self._random is None:
-                if self.make_random_backend is None:
+                if self.random_model is None:
                     raise PlmforgeError("the random-init reference needs the model's spec")
-                backend = self.make_random_backend()
+                backend = self.random_model()
                 self._random = Representation("random", backend, "random-" + weights_key(backend.weights()))
             return self._random
         raise PlmforgeError(f"unknown reference {reference!r}; use 'onehot' or 'random'")
@@ -235,13 +259,11 @@ class Evaluator:
             prefix = config.prefix
             ids = [self.vocab.encode(s, add_eos=True, prefix=prefix).astype(np.int32) for s in split.sequences]
             return HeadData(ids, split.labels, offset=1 if prefix else 0)
-        from plmforge.core.embedding import embed_sequences
-
         backend = representation.backend
 
         def compute(sequences: list[str]) -> list[np.ndarray]:
-            return embed_sequences(backend, self.vocab, sequences, prefix=config.prefix,
-                                   batch_tokens=self.batch_tokens)
+            return embedding.embed_sequences(backend, self.vocab, sequences, prefix=config.prefix,
+                                             batch_tokens=self.plan.batch_tokens)
         vectors = self.cache.get(representation.cache_key, config.prefix, split.sequences, compute)
         return HeadData(vectors, split.labels)
 
@@ -255,7 +277,7 @@ class Evaluator:
         title = f"{label} [{REFERENCE_NAMES[reference]}]"
         self.say(f"{title}: {'embedding' if settings.finetune == 'frozen' else 'tokenizing'} proteins")
         inputs = {name: self._inputs(task, split, representation) for name, split in splits.items()}
-        if settings.finetune == "frozen" and self.standardize:
+        if settings.finetune == "frozen" and self.plan.standardize:
             standardize(inputs)
         problem = task.problem(data)
         self.say(f"{title}: fitting a {settings.kind} head ({settings.finetune}, {settings.epochs} epochs)")
@@ -266,7 +288,7 @@ class Evaluator:
                    for name, predictions in zip(("validation", "test"), result.predictions)}
         seconds = time.perf_counter() - started
         outcome = TaskOutcome(label, reference, metrics, result.best_epoch, seconds)
-        figure_dir = self.output_dir / "tasks" / label / reference
+        figure_dir = self.plan.output_dir / "tasks" / label / reference
         outcome.figures = task.figures(result.predictions[1], splits["test"], data, figure_dir)
         outcome.run_id = self._log(label, task, data, representation, splits, result, outcome)
         shown = "  ".join(f"{k} {v:.4f}" for k, v in metrics["test"].items())
@@ -320,7 +342,7 @@ def outcomes_json(outcomes: list[TaskOutcome]) -> str:
                         "seconds": round(o.seconds, 2), "run_id": o.run_id} for o in outcomes], indent=2)
 
 
-def load_tasks(sections: list[Any]) -> list[tuple[str, Task]]:
+def load_tasks(sections: list[TaskSection]) -> list[tuple[str, Task]]:
     """Task instances from resolved spec ``tasks:`` sections, with their labels."""
     return [(section.label or section.name, section.plugin(section.config)) for section in sections]
 
@@ -329,40 +351,26 @@ def default_cache_dir(output_dir: Path) -> Path:
     return Path(output_dir) / "embedding-cache"
 
 
-def run_tasks(spec: Any, model_spec: Any, backend: Backend, vocab: Vocab, parent: Tracker, output_dir: Path,
-              registry: Any, say: Callable[[str], None] = lambda text: None,
+def run_tasks(plan: EvaluationPlan, backend: Backend, vocab: Vocab, parent: Tracker,
+              random_model: Callable[[], Backend] | None = None, say: Callable[[str], None] = lambda text: None,
               on_task_end: Callable[[TaskOutcome], None] = lambda outcome: None) -> list[TaskOutcome]:
-    """The tasks of ``spec`` on ``backend`` (built from ``model_spec``), logged under ``parent``."""
-    from plmforge.core.run import build_backend, build_objectives
-
-    def make_random_backend() -> Backend:
-        random_vocab, slots = build_objectives(model_spec)
-        # fresh weights from the model's seed, in this process alone (tasks run on the main process only)
-        return build_backend(model_spec, random_vocab, slots, registry, one_process=True)
-
-    cache = EmbeddingCache(default_cache_dir(output_dir) if spec.evaluation.embedding_cache else None)
-    evaluator = Evaluator(load_tasks(spec.tasks), backend, vocab, weights_key(backend.weights()), parent,
-                          list(spec.evaluation.references), make_random_backend, cache, output_dir,
-                          seed=spec.seed, batch_tokens=spec.evaluation.batch_tokens, say=say,
-                          on_task_end=on_task_end, standardize=spec.evaluation.standardize)
-    return evaluator.run()
+    """The tasks of ``plan`` on ``backend``, logged under ``parent`` (see :class:`Evaluator`)."""
+    return Evaluator(plan, backend, vocab, parent, random_model, say, on_task_end).run()
 
 
-def evaluate_checkpoint(spec: Any, checkpoint: Path, registry: Any = None, say: Callable[[str], None] = print,
+def evaluate_checkpoint(spec: Spec, checkpoint: Path, registry: Registry | None = None,
+                        say: Callable[[str], None] = print,
                         tracking: bool = True) -> tuple[list[TaskOutcome], str | None]:
     """``plmforge evaluate``: the tasks of ``spec`` on a checkpoint, as a top-level MLflow evaluation run.
 
     The model (size, vocabulary, weights) comes from the checkpoint; the backend, tasks, references and
     tracking come from ``spec``. Returns the outcomes and the evaluation run's id.
     """
-    from plmforge.core.embedding import load_model_and_spec
-    from plmforge.core.registry import Registry
-
     if not spec.tasks:
         raise PlmforgeError(f"spec {spec.name!r} lists no tasks: add a 'tasks:' section to evaluate")
     registry = registry or Registry()
     backend_section = {"name": spec.backend.name, **spec.backend.plugin_options()}
-    backend, vocab, model_spec, path = load_model_and_spec(checkpoint, backend_section, registry)
+    backend, vocab, model_spec, path = embedding.load_model_and_spec(checkpoint, backend_section, registry)
     tracker = Tracker(spec.tracking.enabled and tracking, spec.tracking.tracking_uri, spec.tracking.experiment,
                       spec.tracking.run_name or f"{model_spec.name} evaluation", warn=say)
     run_id = tracker.start()
@@ -372,7 +380,8 @@ def evaluate_checkpoint(spec: Any, checkpoint: Path, registry: Any = None, say: 
                       "plmforge.tasks": ",".join(section.label or section.name for section in spec.tasks)})
     status = "FAILED"
     try:
-        outcomes = run_tasks(spec, model_spec, backend, vocab, tracker, spec.resolved_output_dir, registry, say)
+        outcomes = run_tasks(EvaluationPlan.from_spec(spec), backend, vocab, tracker,
+                             random_model=lambda: build_model(model_spec, registry)[0], say=say)
         status = "FINISHED"
     finally:
         tracker.end(status)

@@ -17,6 +17,7 @@ import numpy as np
 
 from plmforge.core.backend import Backend
 from plmforge.core.data.batching import round_up
+from plmforge.core.embedding import load_model
 from plmforge.core.errors import PlmforgeError
 from plmforge.core.vocab import Vocab
 
@@ -193,8 +194,6 @@ def generate_from_checkpoint(checkpoint_path, prompts: Sequence[tuple[str, str]]
     objective splits), and the rest is kept as the truth to compare with. ``prefix="auto"`` uses
     ``[S2S]`` when the model's vocabulary has it.
     """
-    from plmforge.core.embedding import load_model
-
     backend, vocab = load_model(checkpoint_path, backend_name)
     if prefix == "auto":
         prefix = "[S2S]" if "[S2S]" in vocab.extra_tokens else None

@@ -197,8 +197,8 @@ def test_spec_rejects_duplicate_task_labels_and_bad_head_options(tmp_path):
 
 @pytest.mark.slow
 def test_lora_fine_tuning_with_a_task_prefix_leaves_the_model_unchanged(tmp_path):
-    from plmforge.core.evaluation import run_tasks
-    from plmforge.core.run import build_backend, build_objectives
+    from plmforge.core.build import build_backend, build_objectives
+    from plmforge.core.evaluation import EvaluationPlan, run_tasks
     from plmforge.core.spec import validate_spec
     from plmforge.core.tracking import Tracker
 
@@ -212,7 +212,7 @@ def test_lora_fine_tuning_with_a_task_prefix_leaves_the_model_unchanged(tmp_path
     vocab, slots = build_objectives(spec)
     backend = build_backend(spec, vocab, slots, Registry())
     before = backend.weights()
-    outcomes = run_tasks(spec, spec, backend, vocab, Tracker(False, None, "x", "x"), tmp_path, Registry())
+    outcomes = run_tasks(EvaluationPlan.from_spec(spec, tmp_path), backend, vocab, Tracker(False, None, "x", "x"))
     assert [(o.reference, sorted(o.metrics["test"])) for o in outcomes] == [
         ("model", ["accuracy", "auroc", "mcc"]), ("onehot", ["accuracy", "auroc", "mcc"])]
     assert not (tmp_path / "embedding-cache").exists()  # fine-tuning reads token ids, not cached embeddings

@@ -19,19 +19,16 @@ torch = pytest.importorskip("torch")
 
 from plmforge.core import checkpoint as ckpt  # noqa: E402
 from plmforge.core import run as run_module  # noqa: E402
+from plmforge.core.build import build_backend, build_objectives, merged_needs  # noqa: E402
+from plmforge.core.checkpoint import read_hf_checkpoint, read_safetensors  # noqa: E402
 from plmforge.core.cli import main  # noqa: E402
+from plmforge.core.conversion import load_init_from, parameter_shapes  # noqa: E402
 from plmforge.core.embedding import load_model  # noqa: E402
 from plmforge.core.errors import CheckpointError, SpecError  # noqa: E402
-from plmforge.core.hf_checkpoint import (  # noqa: E402
-    load_init_from,
-    parameter_shapes,
-    read_hf_checkpoint,
-    read_safetensors,
-)
 from plmforge.core.hookspecs import hookimpl  # noqa: E402
 from plmforge.core.initialization import initial_weights  # noqa: E402
 from plmforge.core.registry import Registry  # noqa: E402
-from plmforge.core.run import Trainer, build_backend, build_objectives, merged_needs  # noqa: E402
+from plmforge.core.run import Trainer  # noqa: E402
 from plmforge.core.spec import validate_spec  # noqa: E402
 from plmforge.core.vocab import Vocab  # noqa: E402
 
@@ -414,3 +411,47 @@ def test_convert_refuses_a_non_empty_destination(ankh, tmp_path):
     assert not list(tmp_path.glob(".tmp-*")) and not list(tmp_path.glob(".stale-*"))
     out = convert(tmp_path / "nowhere", tmp_path / "x")
     assert out.exit_code == 1 and "SOURCE" in out.output and "does not exist" in out.output
+
+
+# -- the format's pieces -------------------------------------------------------------------------------------
+def test_an_interrupted_directory_write_keeps_what_was_there(tmp_path):
+    dest = tmp_path / "out" / "ckpt"
+    with ckpt.atomic_directory(dest) as work:
+        (work / "a.txt").write_text("first")
+    with pytest.raises(KeyboardInterrupt), ckpt.atomic_directory(dest) as work:
+        (work / "a.txt").write_text("half")
+        raise KeyboardInterrupt
+    assert (dest / "a.txt").read_text() == "first" and [p.name for p in dest.parent.iterdir()] == ["ckpt"]
+    with ckpt.atomic_directory(dest) as work:  # a complete write replaces the directory whole
+        (work / "b.txt").write_text("second")
+    assert [p.name for p in dest.iterdir()] == ["b.txt"] and [p.name for p in dest.parent.iterdir()] == ["ckpt"]
+
+
+def test_trainer_state_records_the_tokens_beyond_the_ankh_vocabulary():
+    vocab = Vocab(["[MASK]", "[NLU]"])
+    state = ckpt.trainer_state(vocab.tokens, "torch", converted_from="x")
+    assert state["vocab"] == list(vocab.extra_tokens) == vocab.tokens[144:] and "[MASK]" in state["vocab"]
+    assert state["backend_name"] == "torch" and state["converted_from"] == "x" and "step" not in state
+
+
+def test_the_converted_spec_names_the_objective_a_plugin_offers(registry):
+    from plmforge.core.conversion import conversion_objective
+    from plmforge.core.errors import PluginError
+
+    assert conversion_objective(registry, has_decoder=True) == "mlm"
+    assert conversion_objective(registry, has_decoder=False) == "bert_mlm"
+
+    class Offers:  # a registry of a broken plugin and one that offers itself for encoder-only models
+        plugins = {"a_broken": None, "b_encoder": type("Encoder", (), {"conversion_default": ("encoder",)})}
+
+        def names(self, kind):
+            return sorted(self.plugins)
+
+        def load(self, kind, name):
+            if self.plugins[name] is None:
+                raise PluginError("broken")
+            return self.plugins[name]
+
+    assert conversion_objective(Offers(), has_decoder=False) == "b_encoder"
+    with pytest.raises(CheckpointError, match="no installed objective plugin offers to train an encoder-decoder"):
+        conversion_objective(Offers(), has_decoder=True)
