@@ -6,19 +6,26 @@ ask for, owns the optimizer, and runs training and evaluation steps on numpy bat
 
 Weights cross the boundary as ``dict[str, np.ndarray]`` with Hugging Face T5 names and layouts, so a
 checkpoint written by one backend loads in the other, and T5/Ankh checkpoints load too.
+
+The contract has two sides, sharing one list of operations (:class:`BackendOperations`): the
+:class:`Backend` plugin the registry loads (light: no framework import), and, for a
+:class:`LazyBackend`, the :class:`BackendEngine` in a framework-importing module that it builds at
+setup and forwards every operation to. docs/backends.md is the guide for backend authors.
 """
 
 from __future__ import annotations
 
 import copy
+import importlib
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 
 import numpy as np
 
-from plmforge.core.errors import CheckpointError
+from plmforge.core.checkpoint import TIED_ALIASES, few
+from plmforge.core.errors import CheckpointError, PluginError
 from plmforge.core.heads import HeadData, HeadProblem, HeadResult, HeadSettings
 from plmforge.core.model_config import ModelConfig
 from plmforge.core.objective import Array, ModelNeeds, Objective
@@ -77,10 +84,6 @@ def add_metric(sums: dict[str, tuple[Array, Array]], name: str, value: Any, coun
         sums[name] = (value, count)
 
 
-#: Hugging Face checkpoints also store the tied input embedding under these names; they duplicate ``shared``.
-TIED_ALIASES = ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight")
-
-
 def fit_weights(expected: Mapping[str, tuple[int, ...]], weights: Mapping[str, np.ndarray],
                 strict: bool = True) -> dict[str, np.ndarray]:
     """The entries of ``weights`` the model has, checked against its ``expected`` name -> shape.
@@ -95,9 +98,9 @@ def fit_weights(expected: Mapping[str, tuple[int, ...]], weights: Mapping[str, n
     if wrong or (strict and (missing or unexpected)):
         details = []
         if missing:
-            details.append(f"missing {_few(missing)}")
+            details.append(f"missing {few(missing)}")
         if unexpected:
-            details.append(f"unexpected {_few(unexpected)}")
+            details.append(f"unexpected {few(unexpected)}")
         if wrong:
             details.append("shape mismatch " + ", ".join(
                 f"{k} {tuple(given[k].shape)} vs model {tuple(expected[k])}" for k in wrong[:3]))
@@ -105,26 +108,14 @@ def fit_weights(expected: Mapping[str, tuple[int, ...]], weights: Mapping[str, n
     return {k: v for k, v in given.items() if k in expected}
 
 
-def _few(names: list[str]) -> str:
-    return ", ".join(names[:4]) + (f" (+{len(names) - 4} more)" if len(names) > 4 else "")
+class BackendOperations(ABC):
+    """What a set-up backend does: the operations the run loop, evaluation, embedding and generation call.
 
-
-class Backend(ABC):
-    """Base class of backend plugins. Register a subclass under the ``plmforge.backends`` entry point.
-
-    Import the framework lazily (inside methods or submodules), so listing plugins and validating
-    specs never imports torch or jax.
+    Both sides of the backend contract share them, so each is documented, and each optional one
+    given its default, here only: :class:`Backend` (the plugin the registry loads) and
+    :class:`BackendEngine` (the framework-side object a :class:`LazyBackend` forwards to).
+    Abstract methods are required; the others have working defaults for a single-process backend.
     """
-
-    Config: ClassVar[type[BackendConfig]] = BackendConfig
-
-    def __init__(self, config: BackendConfig, context: BackendContext):
-        self.config = config
-        self.context = context
-
-    @abstractmethod
-    def setup(self) -> None:
-        """Build the model and optimizer and initialise weights deterministically from ``context.seed``."""
 
     @abstractmethod
     def train_step(self, micro_batches: Mapping[str, list[MicroBatch]], lr: float,
@@ -168,24 +159,28 @@ class Backend(ABC):
 
     @abstractmethod
     def training_state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        """Optimizer and RNG state as (named arrays, JSON-able metadata), to resume exactly."""
+        """Optimizer and RNG state as (named arrays, JSON-able metadata), to resume exactly.
+
+        The metadata names the optimizer under ``"optimizer"`` (see :func:`check_same_optimizer`).
+        """
 
     @abstractmethod
     def load_training_state(self, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> None:
-        """Restore what :meth:`training_state` returned."""
+        """Restore what :meth:`training_state` returned (after :meth:`load_weights` of the same checkpoint)."""
 
     def describe(self) -> dict[str, str]:
         """Facts worth tagging a run with (device, framework version, precision)."""
         return {}
 
     def num_parameters(self) -> int:
+        """How many model parameters (scalars) the model has."""
         return int(sum(a.size for a in self.weights().values()))
 
     def is_main_process(self) -> bool:
         """False on all but one process of a multi-process run; only the main one writes files and logs."""
         return True
 
-    def single_process(self) -> Backend | None:
+    def single_process(self) -> Self | None:
         """This backend as the main process alone may use it (downstream tasks after training).
 
         Every process of a multi-process run must call it, since gathering what the main process
@@ -198,67 +193,132 @@ class Backend(ABC):
         return {}
 
 
+class Backend(BackendOperations):
+    """Base class of backend plugins. Register a subclass under the ``plmforge.backends`` entry point.
+
+    Import the framework lazily (inside methods or submodules), so listing plugins and validating
+    specs never imports torch or jax: :class:`LazyBackend` does that for you.
+    """
+
+    Config: ClassVar[type[BackendConfig]] = BackendConfig
+
+    def __init__(self, config: BackendConfig, context: BackendContext):
+        self.config = config
+        self.context = context
+
+    @abstractmethod
+    def setup(self) -> None:
+        """Build the model and optimizer and initialise weights deterministically from ``context.seed``."""
+
+
+class BackendEngine(BackendOperations):
+    """The framework side of a :class:`LazyBackend`: the object that does every operation.
+
+    ``Engine(config, context)`` does what :meth:`Backend.setup` does: build the model (with the
+    heads ``context.needs`` asks for) and the optimizer, and initialise the weights
+    deterministically from ``context.seed``. Subclass it in a module that imports the framework
+    and name that class in ``LazyBackend.implementation``; see docs/backends.md.
+    """
+
+    def __init__(self, config: BackendConfig, context: BackendContext):
+        self.config = config
+        self.context = context
+
+
+def check_same_optimizer(meta: Mapping[str, Any], optimizer: str) -> None:
+    """Refuse training state written for another optimizer: its moments would be read as the wrong ones."""
+    if meta.get("optimizer") != optimizer:
+        raise CheckpointError(f"checkpoint optimizer {meta.get('optimizer')!r} differs from the spec's {optimizer!r}")
+
+
+def engine_class(implementation: str) -> type[BackendEngine]:
+    """The :class:`BackendEngine` subclass ``"package.module:Class"`` names, checked before it is built.
+
+    An ImportError (the framework is not installed) passes through unchanged, so callers can tell it apart.
+    """
+    module_name, _, name = implementation.partition(":")
+    found = getattr(importlib.import_module(module_name), name, None)
+    if not isinstance(found, type):
+        raise PluginError(f"backend implementation {implementation!r}: module {module_name} has no class {name!r}")
+    missing = missing_operations(found)
+    if not issubclass(found, BackendEngine):
+        lacks = f"; it also lacks {', '.join(missing)}" if missing else ""
+        raise PluginError(f"backend implementation {implementation!r} must subclass "
+                          f"plmforge.core.backend.BackendEngine (see docs/backends.md){lacks}")
+    if missing:
+        raise PluginError(f"backend implementation {implementation!r} does not implement the required "
+                          f"operation(s) {', '.join(missing)} (see docs/backends.md)")
+    return found
+
+
+def missing_operations(cls: type) -> list[str]:
+    """The required operations of the engine contract that ``cls`` does not implement, sorted."""
+    if issubclass(cls, BackendEngine):
+        return sorted(getattr(cls, "__abstractmethods__", ()))
+    return sorted(name for name in BackendEngine.__abstractmethods__ if not callable(getattr(cls, name, None)))
+
+
 class LazyBackend(Backend):
     """A backend whose framework code lives in a module imported only at :meth:`setup`.
 
-    Set ``implementation = "package.module:Class"``; that class takes ``(config, context)`` and has
-    the Backend methods (besides ``setup``). This keeps the plugin's entry-point module free of heavy
+    Set ``implementation = "package.module:Class"``, a :class:`BackendEngine` subclass; setup
+    checks it against the contract and builds it as ``Class(config, context)``, and every
+    operation is forwarded to it. This keeps the plugin's entry-point module free of heavy
     imports, so listing plugins and validating specs stay fast.
     """
 
     implementation: ClassVar[str]
+    #: The framework-side object, built at :meth:`setup`.
+    engine: BackendEngine
 
     def setup(self) -> None:
-        import importlib
-
-        module, _, name = self.implementation.partition(":")
-        self._impl = getattr(importlib.import_module(module), name)(self.config, self.context)
+        self.engine = engine_class(self.implementation)(self.config, self.context)
 
     def train_step(self, micro_batches: Mapping[str, list[MicroBatch]], lr: float,
                    loss_weights: Mapping[str, float] | None = None) -> StepMetrics:
-        return self._impl.train_step(micro_batches, lr, loss_weights)
+        return self.engine.train_step(micro_batches, lr, loss_weights)
 
     def eval_step(self, batches: Mapping[str, MicroBatch]) -> StepMetrics:
-        return self._impl.eval_step(batches)
+        return self.engine.eval_step(batches)
 
     def embed(self, input_ids: np.ndarray) -> np.ndarray:
-        return self._impl.embed(input_ids)
+        return self.engine.embed(input_ids)
 
     def decoder_logits(self, encoder_input_ids: np.ndarray, decoder_input_ids: np.ndarray) -> np.ndarray:
-        return self._impl.decoder_logits(encoder_input_ids, decoder_input_ids)
+        return self.engine.decoder_logits(encoder_input_ids, decoder_input_ids)
 
     def fit_head(self, problem: HeadProblem, settings: HeadSettings, train: HeadData, validation: HeadData,
                  predict: Sequence[HeadData]) -> HeadResult:
-        return self._impl.fit_head(problem, settings, train, validation, predict)
+        return self.engine.fit_head(problem, settings, train, validation, predict)
 
     def weights(self) -> dict[str, np.ndarray]:
-        return self._impl.weights()
+        return self.engine.weights()
 
     def load_weights(self, weights: Mapping[str, np.ndarray], strict: bool = True) -> None:
-        self._impl.load_weights(weights, strict)
+        self.engine.load_weights(weights, strict)
 
     def training_state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        return self._impl.training_state()
+        return self.engine.training_state()
 
     def load_training_state(self, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> None:
-        self._impl.load_training_state(arrays, meta)
+        self.engine.load_training_state(arrays, meta)
 
     def describe(self) -> dict[str, str]:
-        return self._impl.describe()
+        return self.engine.describe()
 
     def num_parameters(self) -> int:
-        return self._impl.num_parameters()
-
-    def counters(self) -> dict[str, float]:
-        return self._impl.counters() if hasattr(self._impl, "counters") else {}
+        return self.engine.num_parameters()
 
     def is_main_process(self) -> bool:
-        return self._impl.is_main_process() if hasattr(self._impl, "is_main_process") else True
+        return self.engine.is_main_process()
 
-    def single_process(self) -> Backend | None:
-        impl = self._impl.single_process() if hasattr(self._impl, "single_process") else self._impl
-        if impl is None or impl is self._impl:
-            return None if impl is None else self
+    def single_process(self) -> Self | None:
+        engine = self.engine.single_process()
+        if engine is None or engine is self.engine:
+            return None if engine is None else self
         alone = copy.copy(self)
-        alone._impl = impl
+        alone.engine = engine
         return alone
+
+    def counters(self) -> dict[str, float]:
+        return self.engine.counters()

@@ -17,11 +17,12 @@ pytest.importorskip("jax")
 pytest.importorskip("torch")
 
 from plmforge.core import checkpoint  # noqa: E402
+from plmforge.core.build import build_backend, build_objectives, make_planner  # noqa: E402
 from plmforge.core.data.sources import load_splits  # noqa: E402
 from plmforge.core.data.stream import ExampleStream  # noqa: E402
 from plmforge.core.embedding import embed_sequences, load_model  # noqa: E402
 from plmforge.core.registry import Registry  # noqa: E402
-from plmforge.core.run import build_backend, build_objectives, make_planner, train  # noqa: E402
+from plmforge.core.run import train  # noqa: E402
 from plmforge.core.spec import validate_spec  # noqa: E402
 
 BUILTIN_OBJECTIVES = [info.name for info in Registry().infos("objective") if info.distribution == "plmforge"]
@@ -106,9 +107,9 @@ def test_decoder_logits_agree(tmp_path):
     micro = batches(spec, slots[0], 1)[0]
     enc, dec = micro.arrays["encoder_input_ids"], micro.arrays["decoder_input_ids"]
     with torch.no_grad():
-        a = built["torch"]._impl.model(torch.from_numpy(enc).long(), torch.from_numpy(dec).long())["decoder_logits"]
-    impl = built["jax"]._impl
-    b = impl._model(impl.params)(jnp.asarray(enc), jnp.asarray(dec))["decoder_logits"]
+        a = built["torch"].engine.model(torch.from_numpy(enc).long(), torch.from_numpy(dec).long())["decoder_logits"]
+    impl = built["jax"].engine
+    b = impl.model_with(impl.params)(jnp.asarray(enc), jnp.asarray(dec))["decoder_logits"]
     np.testing.assert_allclose(a.numpy(), np.asarray(b), atol=1e-4, rtol=1e-4)
 
 

@@ -15,10 +15,10 @@ from helpers import tiny_spec_dict
 
 pytest.importorskip("jax")
 
+from plmforge.core.build import build_backend, build_objectives, make_planner  # noqa: E402
 from plmforge.core.data.sources import load_splits  # noqa: E402
 from plmforge.core.data.stream import ExampleStream  # noqa: E402
 from plmforge.core.registry import Registry  # noqa: E402
-from plmforge.core.run import build_backend, build_objectives, make_planner  # noqa: E402
 from plmforge.core.spec import validate_spec  # noqa: E402
 from plmforge.plugins.backends.jax.shapes import pad_batch, rung  # noqa: E402
 
@@ -117,7 +117,7 @@ MESH_SCRIPT = textwrap.dedent("""
         backend, _, stream = built(raw)
         losses = [float(backend.train_step({"mlm": [stream.next(), stream.next()]}, 1e-2)["loss"][0])
                   for _ in range(4)]
-        impl = backend._impl
+        impl = backend.engine
         name = "encoder.block.0.layer.1.DenseReluDense.wi_0.weight"
         state_specs = {json.dumps(list(leaf.sharding.spec)) for leaf in jax.tree.leaves(impl.opt_state)
                        if leaf.shape == (64, 32)}

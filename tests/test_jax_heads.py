@@ -15,10 +15,10 @@ pytest.importorskip("jax")
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
+from plmforge.core.build import build_backend, build_objectives  # noqa: E402
 from plmforge.core.errors import DataError  # noqa: E402
 from plmforge.core.heads import IGNORE, HeadData, HeadProblem, HeadSettings, head_loss  # noqa: E402
 from plmforge.core.registry import Registry  # noqa: E402
-from plmforge.core.run import build_backend, build_objectives  # noqa: E402
 from plmforge.core.spec import validate_spec  # noqa: E402
 from plmforge.plugins.backends.jax import heads  # noqa: E402
 
@@ -286,7 +286,7 @@ def test_finetuning_trains_the_encoder_and_leaves_the_backend_as_it_was(backend)
     assert after.keys() == before.keys()
     assert all(np.array_equal(before[name], after[name]) for name in before)
 
-    model = backend._impl.context.model
+    model = backend.engine.context.model
     head = baseline.trainable_parameters
     assert head == (model.d_model + 1) * 3
     inner = model.num_heads * model.d_kv

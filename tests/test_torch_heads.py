@@ -10,9 +10,9 @@ from helpers import tiny_spec_dict
 torch = pytest.importorskip("torch")
 xp = pytest.importorskip("array_api_compat.torch")
 
+from plmforge.core.build import build_backend, build_objectives  # noqa: E402
 from plmforge.core.heads import IGNORE, HeadData, HeadProblem, HeadSettings, head_loss  # noqa: E402
 from plmforge.core.registry import Registry  # noqa: E402
-from plmforge.core.run import build_backend, build_objectives  # noqa: E402
 from plmforge.core.spec import validate_spec  # noqa: E402
 from plmforge.plugins.backends.torch.heads import (  # noqa: E402
     HeadModel,
@@ -35,7 +35,7 @@ PROBLEMS = {
 
 
 class Frozen:
-    """Stands in for a TorchTrainer in frozen mode, where only ``device`` is used."""
+    """Stands in for a TorchEngine in frozen mode, where only ``device`` is used."""
 
     device = CPU
     model = None
@@ -303,7 +303,7 @@ def test_fine_tuned_predictions_do_not_depend_on_the_batch(backend, mode):
     problem = PROBLEMS["protein-classes"]
     settings = HeadSettings(kind="convbert", finetune=mode, pair_dim=8, lora_rank=2)
     torch.manual_seed(0)
-    encoder = TunedEncoder(backend._impl.model, mode, settings, torch.Generator().manual_seed(0))
+    encoder = TunedEncoder(backend.engine.model, mode, settings, torch.Generator().manual_seed(0))
     with torch.no_grad():
         for name, p in encoder.named_parameters():
             if name.endswith("lora_b"):

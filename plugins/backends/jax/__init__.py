@@ -1,16 +1,17 @@
 """JAX/Flax NNX backend plugin: the same Ankh/T5 model, checkpoints and objectives as PyTorch.
 
 This module must stay importable without jax (the registry reads ``JaxBackend.Config`` to list
-plugins, validate specs and print the schema); :mod:`.trainer` is imported at setup.
+plugins, validate specs and print the schema); :mod:`.engine` (``JaxEngine``) is imported at setup.
 """
 
 from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, ValidationInfo, model_validator
 
 from plmforge.core.backend import BackendConfig, LazyBackend
+from plmforge.core.strict import checks_machine
 
 
 class JaxBackendConfig(BackendConfig):
@@ -30,9 +31,23 @@ class JaxBackendConfig(BackendConfig):
                     "(lengths already rounded to training.pad_to_multiple: the quickstart meets 19 in 600 steps); "
                     "e.g. 1.25 rounds every axis up a geometric ladder: fewer compilations, more padding.")
 
+    @model_validator(mode="after")
+    def _gpus_present(self, info: ValidationInfo) -> JaxBackendConfig:
+        """On this machine (validate, train): refuse platform 'gpu' without enough (NVIDIA) GPUs here."""
+        if self.platform != "gpu" or self.multi_host or not checks_machine(info):
+            return self
+        from plmforge.core.devices import cuda_device_count
+
+        count = cuda_device_count()
+        if count is not None and count < (self.devices or 1):
+            wanted = f"{self.devices} GPU devices" if self.devices else "a GPU"
+            raise ValueError(f"platform 'gpu' needs {wanted} but this machine has {count} CUDA device(s); "
+                             f"use platform 'auto' or 'cpu'")
+        return self
+
 
 class JaxBackend(LazyBackend):
     """Ankh/T5 in Flax NNX + optax: compiled steps, a device mesh for data-parallel or fully sharded training."""
 
     Config = JaxBackendConfig
-    implementation = "plmforge.plugins.backends.jax.trainer:JaxTrainer"
+    implementation = "plmforge.plugins.backends.jax.engine:JaxEngine"

@@ -1,4 +1,4 @@
-"""Where arrays live: a one-axis device mesh, and how parameters and batches are sharded over it.
+"""Where arrays live: a one-axis device mesh, how parameters and batches are sharded over it, and back to the host.
 
 The mesh has one axis, ``data``. Batches are split over it by rows. Parameters (and the optimizer
 state that mirrors them) are either replicated on every device (``data``: data parallel) or split
@@ -71,3 +71,12 @@ class Placement:
             return jax.device_put(arrays, self.rows)
         return {k: jax.make_array_from_callback(v.shape, self.rows, lambda index, v=v: v[index])
                 for k, v in arrays.items()}
+
+
+def to_host(value: jax.Array) -> np.ndarray:
+    """A numpy copy of a (possibly sharded, possibly multi-host) array; every process must call it."""
+    if value.is_fully_addressable:
+        return np.asarray(jax.device_get(value))
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(value, tiled=True))

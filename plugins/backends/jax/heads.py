@@ -1,10 +1,11 @@
-"""Downstream heads of the JAX backend: :meth:`JaxTrainer.fit_head` as :mod:`plmforge.core.heads` defines it.
+"""Downstream heads of the JAX backend: :meth:`JaxEngine.fit_head` as :mod:`plmforge.core.heads` defines it.
 
 The contract fixes the heads (linear probe, light ConvBERT layer, pair logits), the losses and the
-ignore conventions; this module is their JAX reading, kept apart from :mod:`.trainer` because it is
+ignore conventions; this module is their JAX reading, kept apart from :mod:`.engine` because it is
 a second, self-contained training loop (its own parameters, optimizer and batches) that only borrows
-the trainer's encoder. Everything is pure functions over dict pytrees, so each head reads like the
-contract's formulas and a training step is one compiled function of (trainable, frozen, batch, key).
+the engine's encoder, through the engine's public members. Everything is pure functions over dict
+pytrees, so each head reads like the contract's formulas and a training step is one compiled
+function of (trainable, frozen, batch, key).
 
 * Heads: ``init_head`` draws the parameters (PyTorch's default ``U(±1/sqrt(fan_in))`` for linear
   and convolution weights, LayerNorm at identity), ``apply_head`` maps ``[B, L, d]`` inputs and a
@@ -14,7 +15,7 @@ contract's formulas and a training step is one compiled function of (trainable, 
   the labelled items; a batch's loss is their ratio.
 * Fitting: ``fit_head`` trains frozen embeddings -> head, or token ids -> encoder -> head with the
   whole encoder (``full``) or LoRA adapters on q, k, v, o of every encoder self-attention (``lora``).
-  The trainer's own parameters are read, never written. Batches have a constant row count
+  The engine's own parameters are read, never written. Batches have a constant row count
   (``batch_size`` rounded to the device count; short batches get empty rows) and lengths on the
   backend's 32-multiple ladder, so a fit compiles one train and one evaluation function per length
   rung. Static choices (head kind, level, mode) are a hashable ``_Fit`` passed as a static jit
@@ -46,9 +47,9 @@ from plmforge.core.heads import (
     head_loss,
     pair_prior_logit,
 )
+from plmforge.plugins.backends.jax.distribution import to_host
 from plmforge.plugins.backends.jax.model import Dropout
 from plmforge.plugins.backends.jax.shapes import rung
-from plmforge.plugins.backends.jax.trainer import _to_host
 
 Tree = dict[str, Any]
 
@@ -208,9 +209,9 @@ class _Fit:
     finetune: str = "frozen"
     offset: int = 0
     lora_scale: float = 1.0
-    # the JaxTrainer whose encoder is fine-tuned (None for frozen inputs), by weak reference: equal while it lives,
+    # the JaxEngine whose encoder is fine-tuned (None for frozen inputs), by weak reference: equal while it lives,
     # and the compilation cache, which keeps static arguments, does not keep its weights alive
-    trainer: weakref.ref | None = None
+    engine: weakref.ref | None = None
 
 
 def collate(fit: _Fit, data: HeadData, indices: Sequence[int], rows: int, growth: float = 1.0) -> dict[str, np.ndarray]:
@@ -270,7 +271,7 @@ def _features(fit: _Fit, trainable: Tree, frozen: Tree, batch: Tree, key: jax.Ar
     else:  # lora: W + (alpha / r) B A, inside the differentiated function, so only A and B get gradients
         for name, adapter in trainable["encoder"].items():
             params[name] = frozen[name] + fit.lora_scale * (adapter["B"] @ adapter["A"])
-    model = fit.trainer()._model(params)
+    model = fit.engine().model_with(params)
     hidden = model.encode(batch["ids"], Dropout(model.dropout_rate, key)).astype(jnp.float32)
     return hidden[:, fit.offset:]
 
@@ -331,18 +332,22 @@ def _size(tree: Any) -> int:
     return int(sum(np.prod(leaf.shape, dtype=np.int64) for leaf in jax.tree.leaves(tree)))
 
 
-def fit_head(trainer: Any, problem: HeadProblem, settings: HeadSettings, train: HeadData, validation: HeadData,
+def fit_head(engine: Any, problem: HeadProblem, settings: HeadSettings, train: HeadData, validation: HeadData,
              predict: Sequence[HeadData]) -> HeadResult:
-    """Train a head (and the encoder or its adapters) on ``train``; predict with the best validation epoch."""
+    """Train a head (and the encoder or its adapters) on ``train``; predict with the best validation epoch.
+
+    ``engine`` is the backend's :class:`~.engine.JaxEngine` (its public ``params``, ``placement``,
+    ``context``, ``shape_growth``, ``encoder_params``, ``model_with`` and ``note_signature``).
+    """
     check_head_data(problem, settings.finetune, {"train": train, "validation": validation,
                                                  **{f"predict[{i}]": d for i, d in enumerate(predict)}})
-    placement = trainer.placement
-    growth = float(getattr(trainer.config, "shape_growth", 1.0))
+    placement = engine.placement
+    growth = engine.shape_growth
     rows = rung(settings.batch_size, placement.size, 1.0)  # constant, and divisible by the device count
     finetune = settings.finetune
     fit = _Fit(HeadSpec.of(problem, settings), finetune, train.offset if finetune != "frozen" else 0,
-               settings.lora_alpha / settings.lora_rank, weakref.ref(trainer) if finetune != "frozen" else None)
-    d = trainer.context.model.d_model if finetune != "frozen" else int(np.asarray(train.inputs[0]).shape[1])
+               settings.lora_alpha / settings.lora_rank, weakref.ref(engine) if finetune != "frozen" else None)
+    d = engine.context.model.d_model if finetune != "frozen" else int(np.asarray(train.inputs[0]).shape[1])
 
     seed = settings.seed % 2**32
     init_key, lora_key, dropout_root = jax.random.split(jax.random.PRNGKey(seed), 3)
@@ -350,14 +355,13 @@ def fit_head(trainer: Any, problem: HeadProblem, settings: HeadSettings, train: 
     if problem.level == "pair":
         trainable["head"]["pair_bias"] = jnp.asarray(pair_prior_logit(train.labels), jnp.float32)
     frozen: Tree = {}
-    if finetune == "full":  # a trainable copy of what the encoder reads; the trainer keeps its own arrays
-        trainable["encoder"] = {name: value for name, value in trainer.params.items()
-                                if name.startswith(("shared.", "encoder."))}
-        frozen = trainer.params
+    if finetune == "full":  # a trainable copy of what the encoder reads; the engine keeps its own arrays
+        trainable["encoder"] = engine.encoder_params()
+        frozen = engine.params
     elif finetune == "lora":
-        trainable["encoder"] = _lora_adapters(trainer.params, settings.lora_rank, lora_key)
-        frozen = trainer.params
-    # placed like the trainer's own parameters and optimizer state (replicated, or split under fsdp), so that a
+        trainable["encoder"] = _lora_adapters(engine.params, settings.lora_rank, lora_key)
+        frozen = engine.params
+    # placed like the engine's own parameters and optimizer state (replicated, or split under fsdp), so that a
     # step's outputs have its inputs' shardings and the second step reuses the first one's compilation
     trainable = jax.device_put(trainable, placement.tree(trainable))
     optimizer = _optimizer(finetune, settings.lr, settings.encoder_lr, settings.weight_decay)
@@ -369,7 +373,7 @@ def fit_head(trainer: Any, problem: HeadProblem, settings: HeadSettings, train: 
             yield indices, collate(fit, data, indices, rows, growth)
 
     def place(kind: str, arrays: dict[str, np.ndarray]) -> Tree:
-        trainer.signatures.add((f"head_{kind}", finetune, fit.head.kind, problem.level,
+        engine.note_signature((f"head_{kind}", finetune, fit.head.kind, problem.level,
                                 *sorted((k, v.shape) for k, v in arrays.items())))
         return placement.put_batch(arrays)
 
@@ -380,7 +384,7 @@ def fit_head(trainer: Any, problem: HeadProblem, settings: HeadSettings, train: 
             total += float(batch_total)
             count += float(batch_count)
             if keep:
-                host = _to_host(outputs)
+                host = to_host(outputs)
                 for row, i in enumerate(indices):
                     predictions[i] = _crop(problem, host[row], data.residues(i, finetune != "frozen"))
         return (total / count if count else float("nan")), predictions

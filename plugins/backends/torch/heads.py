@@ -320,34 +320,34 @@ def predict_outputs(model: HeadModel, problem: HeadProblem, data: HeadData, batc
 
 
 # -- fitting ----------------------------------------------------------------------------------------
-def fit_head(trainer: Any, problem: HeadProblem, settings: HeadSettings, train: HeadData, validation: HeadData,
+def fit_head(engine: Any, problem: HeadProblem, settings: HeadSettings, train: HeadData, validation: HeadData,
              predict: Sequence[HeadData]) -> HeadResult:
     """Train a head (and the encoder when fine-tuning) on ``train``; keep the epoch with the lowest
-    validation loss; return its predictions for each split in ``predict``. ``trainer`` is the
-    backend's ``TorchTrainer`` (its ``model``, ``device`` and ``_autocast``)."""
+    validation loss; return its predictions for each split in ``predict``. ``engine`` is the
+    backend's :class:`~.engine.TorchEngine` (its public ``model``, ``device`` and ``autocast``)."""
     check_head_data(problem, settings.finetune, {"train": train, "validation": validation,
                                                  **{f"predict[{i}]": d for i, d in enumerate(predict)}})
-    device = trainer.device
+    device = engine.device
     cuda = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=cuda):  # the pretraining's RNG streams come back unchanged
         torch.random.default_generator.manual_seed(settings.seed)  # head initialisation, dropout
         if cuda:
             with torch.cuda.device(device):
                 torch.cuda.manual_seed(settings.seed)
-        return _fit(trainer, problem, settings, train, validation, predict)
+        return _fit(engine, problem, settings, train, validation, predict)
 
 
-def _fit(trainer: Any, problem: HeadProblem, settings: HeadSettings, train: HeadData, validation: HeadData,
+def _fit(engine: Any, problem: HeadProblem, settings: HeadSettings, train: HeadData, validation: HeadData,
          predict_splits: Sequence[HeadData]) -> HeadResult:
-    device, batch_size = trainer.device, settings.batch_size
+    device, batch_size = engine.device, settings.batch_size
     order = np.random.default_rng(settings.seed)  # batch order: the same draws in every mode
     if settings.finetune == "frozen":
         head = build_head(train.inputs[0].shape[1], problem, settings)
         model = HeadModel(head).to(device)
     else:
-        head = build_head(trainer.model.config.d_model, problem, settings)
-        encoder = TunedEncoder(trainer.model, settings.finetune, settings, torch.Generator().manual_seed(settings.seed))
-        model = HeadModel(head.to(device), encoder, train.offset, trainer._autocast)
+        head = build_head(engine.model.config.d_model, problem, settings)
+        encoder = TunedEncoder(engine.model, settings.finetune, settings, torch.Generator().manual_seed(settings.seed))
+        model = HeadModel(head.to(device), encoder, train.offset, engine.autocast)
 
     if problem.level == "pair":
         with torch.no_grad():

@@ -1,6 +1,7 @@
-"""Training and evaluation steps of the PyTorch backend.
+"""The PyTorch backend's engine: the model, the optimizer, and every operation of the backend contract.
 
-Objective losses are written against the array API; here they receive torch tensors and the
+``TorchEngine`` is the :class:`~plmforge.core.backend.BackendEngine` that ``TorchBackend`` builds at
+setup. Objective losses are written against the array API; here they receive torch tensors and the
 ``array_api_compat`` torch namespace, so autograd differentiates them directly. Metrics stay on the
 device as (sum, count) tensors; the run loop converts them only when it logs.
 """
@@ -16,8 +17,16 @@ import array_api_compat.torch as xp
 import numpy as np
 import torch
 
-from plmforge.core.backend import BackendContext, MicroBatch, StepMetrics, add_metric, fit_weights
-from plmforge.core.errors import CheckpointError, PlmforgeError
+from plmforge.core.backend import (
+    BackendContext,
+    BackendEngine,
+    MicroBatch,
+    StepMetrics,
+    add_metric,
+    check_same_optimizer,
+    fit_weights,
+)
+from plmforge.core.errors import PlmforgeError
 from plmforge.core.initialization import initial_weights
 from plmforge.core.objective import DECODER_INPUT, ENCODER_INPUT
 from plmforge.plugins.backends.torch import distributed
@@ -34,10 +43,15 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-class TorchTrainer:
+class TorchEngine(BackendEngine):
+    """Ankh/T5 in PyTorch on one device, or on one of several processes (DDP/FSDP via torchrun).
+
+    Public members the heads (:mod:`.heads`) use: ``model`` (the T5 module; whole, not sharded, on
+    the engine :meth:`single_process` returns), ``device``, and :meth:`autocast`.
+    """
+
     def __init__(self, config: Any, context: BackendContext):
-        self.config = config
-        self.context = context
+        super().__init__(config, context)
         self.training = context.training
         if config.threads:
             torch.set_num_threads(config.threads)
@@ -104,7 +118,8 @@ class TorchTrainer:
         return torch.optim.Adafactor(groups, lr=opt.lr)
 
     # -- steps ------------------------------------------------------------------------------------
-    def _autocast(self) -> contextlib.AbstractContextManager:
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """The context the model runs in: bf16 autocast when ``training.precision`` is bf16, else nothing."""
         if self.autocast_dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
@@ -114,7 +129,7 @@ class TorchTrainer:
         return {k: torch.from_numpy(v).to(self.device, non_blocking=non_blocking) for k, v in arrays.items()}
 
     def _forward_loss(self, label: str, batch: dict[str, torch.Tensor], network: torch.nn.Module) -> Any:
-        with self._autocast():
+        with self.autocast():
             outputs = network(batch[ENCODER_INPUT], batch.get(DECODER_INPUT), outputs=self.outputs[label])
         return self.slots[label].objective.loss(outputs, batch, xp)
 
@@ -175,7 +190,7 @@ class TorchTrainer:
     def embed(self, input_ids: np.ndarray) -> np.ndarray:
         self.model.eval()
         ids = torch.from_numpy(np.asarray(input_ids)).to(self.device)
-        with self._autocast():
+        with self.autocast():
             hidden = self.model.encode(ids)
         return hidden.float().cpu().numpy()
 
@@ -186,7 +201,7 @@ class TorchTrainer:
         self.model.eval()
         encoder, decoder = (torch.from_numpy(np.asarray(a)).to(self.device) for a in (encoder_input_ids,
                                                                                        decoder_input_ids))
-        with self._autocast():
+        with self.autocast():
             logits = self.model(encoder, decoder, outputs=("decoder_logits",))["decoder_logits"]
         return logits.float().cpu().numpy()
 
@@ -246,9 +261,7 @@ class TorchTrainer:
         return arrays
 
     def load_training_state(self, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> None:
-        if meta.get("optimizer") != self.training.optimizer.name:
-            raise CheckpointError(f"checkpoint optimizer {meta.get('optimizer')!r} differs from the spec's "
-                                  f"{self.training.optimizer.name!r}")
+        check_same_optimizer(meta, self.training.optimizer.name)
         index_of = {name: i for i, name in enumerate(meta["param_order"])}
         order = [p for group in self.optimizer.param_groups for p in group["params"]]
         state: dict[int, dict[str, Any]] = {}
@@ -283,7 +296,7 @@ class TorchTrainer:
     def is_main_process(self) -> bool:
         return self.group is None or self.group.is_main
 
-    def single_process(self) -> TorchTrainer | None:
+    def single_process(self) -> TorchEngine | None:
         """A copy for work the main process does alone (downstream tasks) with the full weights.
 
         Every process calls it (FSDP gathers the shards); processes other than the main one get None.
@@ -318,7 +331,6 @@ class TorchTrainer:
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.model.parameters())
-
 
 
 def _full(value: torch.Tensor) -> torch.Tensor:

@@ -1,6 +1,7 @@
-"""Compiled training and evaluation steps of the JAX backend.
+"""The JAX backend's engine: compiled training and evaluation steps, and every operation of the backend contract.
 
-Parameters are a flat dict ``{Hugging Face name: jax.Array}``; a step merges them into the NNX model
+``JaxEngine`` is the :class:`~plmforge.core.backend.BackendEngine` that ``JaxBackend`` builds at
+setup. Parameters are a flat dict ``{Hugging Face name: jax.Array}``; a step merges them into the NNX model
 (``nnx.merge``, free at run time) and differentiates the objective's array-API loss written against
 ``jax.numpy``. A step is two compiled functions: ``accumulate`` adds one micro-batch's scaled
 gradient (one compilation per objective and padded shape), ``apply`` clips and updates (one
@@ -20,11 +21,19 @@ import numpy as np
 import optax
 from flax import nnx
 
-from plmforge.core.backend import BackendContext, MicroBatch, StepMetrics, add_metric, fit_weights
+from plmforge.core.backend import (
+    BackendContext,
+    BackendEngine,
+    MicroBatch,
+    StepMetrics,
+    add_metric,
+    check_same_optimizer,
+    fit_weights,
+)
 from plmforge.core.errors import CheckpointError, PlmforgeError
 from plmforge.core.initialization import initial_weights
 from plmforge.core.objective import DECODER_INPUT, ENCODER_INPUT, Feature
-from plmforge.plugins.backends.jax.distribution import Placement, make_mesh, select_devices
+from plmforge.plugins.backends.jax.distribution import Placement, make_mesh, select_devices, to_host
 from plmforge.plugins.backends.jax.model import T5Model
 from plmforge.plugins.backends.jax.optimizers import make_optimizer
 from plmforge.plugins.backends.jax.shapes import pad_batch
@@ -36,10 +45,16 @@ def param_name(path: tuple[Any, ...]) -> str:
     return ".".join(str(part) for part in path)
 
 
-class JaxTrainer:
+class JaxEngine(BackendEngine):
+    """Ankh/T5 in Flax NNX + optax over a one-axis device mesh (data parallel or fully sharded).
+
+    Public members the heads (:mod:`.heads`) use: ``params`` (the flat parameter dict, read and
+    never written by them), ``placement``, :attr:`shape_growth`, :meth:`encoder_params`,
+    :meth:`model_with` and :meth:`note_signature`.
+    """
+
     def __init__(self, config: Any, context: BackendContext):
-        self.config = config
-        self.context = context
+        super().__init__(config, context)
         self.training = context.training
         if config.multi_host:  # must precede any other JAX call; the environment describes the cluster
             jax.distributed.initialize()
@@ -64,7 +79,7 @@ class JaxTrainer:
         self.slots = {slot.label: slot for slot in context.objectives}
         self.outputs = {slot.label: slot.objective.needs().output_names() for slot in context.objectives}
         self.features = {slot.label: slot.objective.features() for slot in context.objectives}
-        self.signatures: set[tuple] = set()
+        self._signatures: set[tuple] = set()  # distinct compiled shapes: what `compilations` counts
         self._accumulate = jax.jit(self._accumulate_fn, static_argnames="label", donate_argnums=(1,))
         self._apply = jax.jit(self._apply_fn, donate_argnums=(0, 1),
                               out_shardings=(self.param_shardings, self.opt_shardings, self.placement.replicated))
@@ -73,13 +88,28 @@ class JaxTrainer:
         self._encode = jax.jit(self._encode_fn)
         self._decoder_logits = jax.jit(self._decoder_logits_fn)
 
-    # -- pure functions (traced) ------------------------------------------------------------------
-    def _model(self, params: Params) -> T5Model:
+    # -- what the heads borrow ---------------------------------------------------------------------
+    @property
+    def shape_growth(self) -> float:
+        """The geometric ladder batch shapes are padded up (``backend.shape_growth``; 1.0 = none)."""
+        return float(self.config.shape_growth)
+
+    def encoder_params(self) -> Params:
+        """The parameters the encoder reads (embedding and encoder stack), as the live arrays."""
+        return {name: value for name, value in self.params.items() if name.startswith(("shared.", "encoder."))}
+
+    def note_signature(self, signature: tuple) -> None:
+        """Record a compiled function's shape signature; the distinct ones are the ``compilations`` counter."""
+        self._signatures.add(signature)
+
+    def model_with(self, params: Params) -> T5Model:
+        """The NNX model with ``params`` (free under ``jax.jit``: a merge of the graph and the arrays)."""
         state = nnx.from_flat_state([(self.paths[name], nnx.Param(value)) for name, value in params.items()])
         return nnx.merge(self.graphdef, state)
 
+    # -- pure functions (traced) ------------------------------------------------------------------
     def _loss(self, params: Params, batch: Mapping[str, jax.Array], key: jax.Array | None, label: str):
-        outputs = self._model(params)(batch[ENCODER_INPUT], batch.get(DECODER_INPUT), outputs=self.outputs[label],
+        outputs = self.model_with(params)(batch[ENCODER_INPUT], batch.get(DECODER_INPUT), outputs=self.outputs[label],
                                       dropout_key=key)
         out = self.slots[label].objective.loss(outputs, batch, jnp)
         return out.loss, out.metrics
@@ -105,17 +135,17 @@ class JaxTrainer:
         return self._loss(params, batch, None, label)
 
     def _encode_fn(self, params: Params, input_ids: jax.Array) -> jax.Array:
-        return self._model(params).encode(input_ids).astype(jnp.float32)
+        return self.model_with(params).encode(input_ids).astype(jnp.float32)
 
     def _decoder_logits_fn(self, params: Params, encoder_ids: jax.Array, decoder_ids: jax.Array) -> jax.Array:
-        logits = self._model(params)(encoder_ids, decoder_ids, outputs=("decoder_logits",))["decoder_logits"]
+        logits = self.model_with(params)(encoder_ids, decoder_ids, outputs=("decoder_logits",))["decoder_logits"]
         return logits.astype(jnp.float32)
 
     # -- steps ------------------------------------------------------------------------------------
     def _device_batch(self, label: str, arrays: Mapping[str, np.ndarray], kind: str) -> dict[str, jax.Array]:
         padded = pad_batch(arrays, self.features[label], self.placement.size, self.training.pad_to_multiple,
-                           self.config.shape_growth)
-        self.signatures.add((kind, label, *sorted((k, v.shape, str(v.dtype)) for k, v in padded.items())))
+                           self.shape_growth)
+        self.note_signature((kind, label, *sorted((k, v.shape, str(v.dtype)) for k, v in padded.items())))
         return self.placement.put_batch(padded)
 
     def train_step(self, micro_batches: Mapping[str, list[MicroBatch]], lr: float,
@@ -140,7 +170,7 @@ class JaxTrainer:
                 add_metric(metrics, f"{label}/loss", loss, micro.weight)
                 for name, (value, count) in out.items():
                     add_metric(metrics, f"{label}/{name}", value, count)
-        self.signatures.add(("apply",))
+        self.note_signature(("apply",))
         self.params, self.opt_state, norm = self._apply(self.params, self.opt_state, grads, jnp.float32(lr))
         self.steps_done += 1
         metrics["loss"] = (total, 1.0)
@@ -158,10 +188,10 @@ class JaxTrainer:
 
     def embed(self, input_ids: np.ndarray) -> np.ndarray:
         ids = np.asarray(input_ids, dtype=np.int32)
-        padded = pad_batch({ENCODER_INPUT: ids}, {}, self.placement.size, 1, self.config.shape_growth)[ENCODER_INPUT]
-        self.signatures.add(("embed", padded.shape))
+        padded = pad_batch({ENCODER_INPUT: ids}, {}, self.placement.size, 1, self.shape_growth)[ENCODER_INPUT]
+        self.note_signature(("embed", padded.shape))
         hidden = self._encode(self.params, self.placement.put_batch({"ids": padded})["ids"])
-        return np.asarray(_to_host(hidden))[: ids.shape[0]]
+        return np.asarray(to_host(hidden))[: ids.shape[0]]
 
     def decoder_logits(self, encoder_input_ids: np.ndarray, decoder_input_ids: np.ndarray) -> np.ndarray:
         if not self.context.model.has_decoder:
@@ -169,12 +199,12 @@ class JaxTrainer:
         features = {ENCODER_INPUT: Feature("int32", "encoder"), DECODER_INPUT: Feature("int32", "decoder")}
         arrays = {ENCODER_INPUT: np.asarray(encoder_input_ids, np.int32),
                   DECODER_INPUT: np.asarray(decoder_input_ids, np.int32)}
-        padded = pad_batch(arrays, features, self.placement.size, 1, self.config.shape_growth)
-        self.signatures.add(("decoder_logits", padded[ENCODER_INPUT].shape, padded[DECODER_INPUT].shape))
+        padded = pad_batch(arrays, features, self.placement.size, 1, self.shape_growth)
+        self.note_signature(("decoder_logits", padded[ENCODER_INPUT].shape, padded[DECODER_INPUT].shape))
         batch = self.placement.put_batch(padded)
         logits = self._decoder_logits(self.params, batch[ENCODER_INPUT], batch[DECODER_INPUT])
         rows, length = arrays[DECODER_INPUT].shape
-        return np.asarray(_to_host(logits))[:rows, :length]
+        return np.asarray(to_host(logits))[:rows, :length]
 
     def fit_head(self, problem, settings, train, validation, predict):
         from plmforge.plugins.backends.jax.heads import fit_head
@@ -183,7 +213,7 @@ class JaxTrainer:
 
     # -- state ------------------------------------------------------------------------------------
     def weights(self) -> dict[str, np.ndarray]:
-        return {name: np.asarray(_to_host(value), dtype=np.float32) for name, value in self.params.items()}
+        return {name: np.asarray(to_host(value), dtype=np.float32) for name, value in self.params.items()}
 
     def load_weights(self, weights: Mapping[str, np.ndarray], strict: bool = True) -> None:
         expected = {name: tuple(value.shape) for name, value in self.params.items()}
@@ -192,16 +222,14 @@ class JaxTrainer:
         self.params = {**self.params, **placed}  # parameters not in ``weights`` (strict=False) stay
 
     def training_state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        arrays = {f"optimizer/{jax.tree_util.keystr(path)}": np.asarray(_to_host(leaf))
+        arrays = {f"optimizer/{jax.tree_util.keystr(path)}": np.asarray(to_host(leaf))
                   for path, leaf in jax.tree_util.tree_flatten_with_path(self.opt_state)[0]}
         arrays["rng/jax_dropout_key"] = np.asarray(jax.random.key_data(self.dropout_key))
         meta = {"optimizer": self.training.optimizer.name, "framework": "jax", "steps_done": self.steps_done}
         return arrays, meta
 
     def load_training_state(self, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> None:
-        if meta.get("optimizer") != self.training.optimizer.name:
-            raise CheckpointError(f"checkpoint optimizer {meta.get('optimizer')!r} differs from the spec's "
-                                  f"{self.training.optimizer.name!r}")
+        check_same_optimizer(meta, self.training.optimizer.name)
         if meta.get("framework") != "jax":
             raise CheckpointError("the checkpoint's optimizer state was written by another backend; its weights "
                                   "load in any backend, but resuming needs the backend that wrote it")
@@ -232,16 +260,7 @@ class JaxTrainer:
         return jax.process_index() == 0
 
     def counters(self) -> dict[str, float]:
-        return {"compilations": float(len(self.signatures))}
-
-
-def _to_host(value: jax.Array) -> np.ndarray:
-    """A numpy copy of a (possibly sharded, possibly multi-host) array."""
-    if value.is_fully_addressable:
-        return np.asarray(jax.device_get(value))
-    from jax.experimental import multihost_utils
-
-    return np.asarray(multihost_utils.process_allgather(value, tiled=True))
+        return {"compilations": float(len(self._signatures))}
 
 
 @functools.cache
