@@ -22,3 +22,11 @@ class PluginError(PlmforgeError):
 
 class CheckpointError(PlmforgeError):
     """A checkpoint that is missing, incomplete or does not match the run."""
+
+
+class ObjectiveFailed(PlmforgeError):
+    """A plugin objective raised while the run called it; names the objective, its plugin and the call."""
+
+
+class TrainingDiverged(PlmforgeError):
+    """The loss or gradient norm stopped being finite; the run stops without saving those weights."""

@@ -63,6 +63,9 @@ def plmforge_task_end(run: Any, task: str, reference: str, metrics: dict[str, fl
 def plmforge_run_end(run: Any, status: str, summary: dict[str, Any]) -> None:
     """A run ends. ``status`` is ``"finished"``, ``"failed"`` or ``"interrupted"``.
 
+    ``"failed"``: an error stopped it (a diverged loss, a plugin objective that raised, a full disk);
+    the hook is called before the error reaches the caller.
+
     ``summary`` holds the final step, last metrics and the path of the last checkpoint (if any).
     """
 

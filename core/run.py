@@ -8,8 +8,10 @@ losses as one that never stopped.
 
 from __future__ import annotations
 
+import contextlib
+import math
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,15 +19,19 @@ from typing import Any
 import numpy as np
 
 from plmforge.core import __version__, checkpoint
-from plmforge.core.backend import Backend, BackendContext, ObjectiveSlot, add_metric
-from plmforge.core.data.batching import BatchPlanner
-from plmforge.core.data.proteins import ProteinSet
+from plmforge.core.backend import Backend, ObjectiveSlot, add_metric
+from plmforge.core.build import (  # the assembly layer; imported here by name so Trainer.run calls them
+    build_backend,
+    build_model,
+    build_objectives,
+    build_streams,
+)
 from plmforge.core.data.stream import ExampleStream
-from plmforge.core.errors import CheckpointError, PlmforgeError
+from plmforge.core.errors import CheckpointError, PlmforgeError, TrainingDiverged
 from plmforge.core.hookspecs import plugin_manager
-from plmforge.core.objective import ModelNeeds, ProteinSource
 from plmforge.core.progress import Progress
 from plmforge.core.registry import Registry
+from plmforge.core.run_failures import describe_objective, is_disk_full, objective_failure
 from plmforge.core.schedule import rate_for
 from plmforge.core.spec import Spec
 from plmforge.core.tracking import Tracker, flatten, git_commit, spec_sha256
@@ -54,65 +60,6 @@ class RunResult:
     data_report: dict[str, int] = field(default_factory=dict)
     tasks: list[Any] = field(default_factory=list)  # plmforge.core.evaluation.TaskOutcome, one per head
     main_process: bool = True  # False on the other processes of a multi-process run
-
-
-# -- building blocks (also used by `embed` and tests) ------------------------------------------------
-def build_objectives(spec: Spec) -> tuple[Vocab, list[ObjectiveSlot]]:
-    """The vocabulary (with every special token the objectives use) and the objective instances."""
-    entries = spec.objectives
-    extra = [tok for e in entries for tok in e.plugin.special_tokens(e.config)]
-    vocab = Vocab(extra)
-    slots = [ObjectiveSlot(label=label, objective=e.plugin(e.config, vocab), weight=e.weight)
-             for e, label in zip(entries, spec.objective_labels())]
-    return vocab, slots
-
-
-def merged_needs(slots: Iterable[ObjectiveSlot]) -> ModelNeeds:
-    heads: dict[str, int] = {}
-    decoder = encoder = False
-    for slot in slots:
-        needs = slot.objective.needs()
-        decoder |= needs.decoder_lm
-        encoder |= needs.encoder_lm
-        for name, width in needs.per_residue_heads.items():
-            if heads.setdefault(name, width) != width:
-                raise PlmforgeError(f"objectives ask for head {name!r} with widths {heads[name]} and {width}")
-    return ModelNeeds(decoder_lm=decoder, encoder_lm=encoder, per_residue_heads=heads)
-
-
-def build_backend(spec: Spec, vocab: Vocab, slots: list[ObjectiveSlot], registry: Registry,
-                  one_process: bool = False) -> Backend:
-    """The spec's backend, set up for ``slots``; ``one_process`` for work outside a multi-process run."""
-    options = spec.backend.config.for_one_process() if one_process else spec.backend.config
-    return make_backend(registry.load("backend", spec.backend.name), options, spec, len(vocab), slots)
-
-
-def make_backend(backend_cls: type[Backend], options: Any, spec: Spec, vocab_size: int,
-                 slots: Iterable[ObjectiveSlot]) -> Backend:
-    """A set-up backend of ``backend_cls`` for objective instances that need not be registered plugins."""
-    slots = tuple(slots)
-    needs = merged_needs(slots)
-    if needs.decoder_lm and not spec.model.has_decoder:
-        raise PlmforgeError("an objective needs decoder logits but model.num_decoder_layers is 0")
-    context = BackendContext(model=spec.model, vocab_size=vocab_size, needs=needs, objectives=slots,
-                             training=spec.training, seed=spec.seed)
-    backend = backend_cls(options, context)
-    backend.setup()
-    return backend
-
-
-def prepared_source(slot: ObjectiveSlot, proteins: ProteinSet, split: str, spec: Spec,
-                    data_report: dict[str, int]) -> ProteinSource | None:
-    """The objective's own view of a split; None for an empty validation split (it is then not evaluated)."""
-    source = slot.objective.prepare(proteins, split)
-    if len(source.proteins) != len(proteins):  # the objective chose; say so in the run's data tags
-        data_report[f"{slot.label}.{split}.proteins"] = len(source.proteins)
-    if len(source.proteins) == 0:
-        if split == "train":
-            raise PlmforgeError(f"objective {slot.label!r} kept none of the {len(proteins)} training proteins of "
-                                f"{spec.data.source!r} (see its options, e.g. where its MSAs come from)")
-        return None
-    return source
 
 
 class ObjectiveMixer:
@@ -151,17 +98,23 @@ class ObjectiveMixer:
         return dict(zip(self.labels, self.probabilities.tolist()))
 
 
-def make_planner(spec: Spec) -> BatchPlanner:
-    bs = spec.training.batch_size
-    return BatchPlanner(max_length=spec.data.max_length, pad_to_multiple=spec.training.pad_to_multiple,
-                        tokens=bs.tokens, sequences=bs.sequences)
+def _must_stay_finite(name: str) -> bool:
+    """The step values a divergence check reads: total loss, gradient norm and each objective's loss."""
+    return name in ("loss", "grad_norm") or (name.endswith("/loss") and name.count("/") == 1)
 
 
 class MetricWindow:
-    """Sums (value, count) pairs on the device across steps; converts to floats only when asked."""
+    """Sums (value, count) pairs on the device across steps; converts to floats only when asked.
+
+    It also keeps references to each training step's values that must stay finite (total loss,
+    gradient norm, each objective's loss) until :meth:`first_non_finite` has looked at them, so a run
+    that diverges is stopped at a log step or before a checkpoint, naming its first bad step, without
+    a host sync per step.
+    """
 
     def __init__(self) -> None:
         self._sums: dict[str, tuple[Any, Any]] = {}
+        self._unchecked: list[tuple[int, dict[str, Any]]] = []
         self.steps = 0
         self.residues = 0
         self.started = time.perf_counter()
@@ -169,6 +122,29 @@ class MetricWindow:
     def add(self, metrics: Mapping[str, tuple[Any, Any]]) -> None:
         for name, (value, count) in metrics.items():
             add_metric(self._sums, name, value, count)
+
+    def add_step(self, step: int, metrics: Mapping[str, tuple[Any, Any]]) -> None:
+        """A training step's metrics; ``step`` is the number of optimizer steps done after it."""
+        self.add(metrics)
+        self._unchecked.append((step, {name: value for name, (value, _) in metrics.items()
+                                       if _must_stay_finite(name)}))
+
+    def first_non_finite(self) -> tuple[int, dict[str, float]] | None:
+        """The first step since the last check with a non-finite watched value: (step, all its watched values).
+
+        The window's running sums answer for all its steps at once (a non-finite value makes its sum
+        non-finite); only when one is not finite are the steps read one by one.
+        """
+        if not self._unchecked:
+            return None
+        watched = {name for _, values in self._unchecked for name in values}
+        if not all(math.isfinite(float(self._sums[name][0])) for name in watched if name in self._sums):
+            for step, values in self._unchecked:
+                read = {name: float(value) for name, value in values.items()}
+                if not all(math.isfinite(value) for value in read.values()):
+                    return step, read
+        self._unchecked.clear()  # all finite (a sum can overflow where no single value does)
+        return None
 
     def averages(self) -> dict[str, float]:
         out = {}
@@ -180,6 +156,39 @@ class MetricWindow:
 
 
 # -- the run ---------------------------------------------------------------------------------------
+@dataclass
+class _Loop:
+    """One run's moving parts and where its loop stands: what the step methods of :class:`Trainer` share."""
+
+    vocab: Vocab
+    slots: list[ObjectiveSlot]
+    train_streams: dict[str, ExampleStream]
+    eval_streams: dict[str, ExampleStream]
+    backend: Backend
+    data_report: dict[str, int]
+    main: bool  # multi-process runs: one process writes files and logs
+    step: int = 0  # optimizer steps done
+    saved_step: int = 0  # the step of the last checkpoint written (or resumed from)
+    resumed_state: dict[str, Any] = field(default_factory=dict)  # trainer state of the checkpoint resumed from
+    lr: float = 0.0  # learning rate of the last step
+    inside_step: bool = False  # state is half-updated: an interrupt now must not save it
+    # set when the run starts (tracking, hooks)
+    tracker: Tracker = field(init=False)
+    info: RunInfo = field(init=False)
+    hooks: Any = field(init=False)  # the pluggy hook relay
+    mixer: ObjectiveMixer = field(init=False)
+    progress: Progress = field(init=False)
+    result: RunResult = field(init=False)
+    window: MetricWindow = field(init=False)
+
+    @contextlib.contextmanager
+    def stepping(self) -> Iterator[None]:
+        """Marks a step in progress; an exception or interrupt inside leaves the mark, so nothing saves that state."""
+        self.inside_step = True
+        yield
+        self.inside_step = False
+
+
 class Trainer:
     """Trains one spec. ``hooks`` are extra hook implementations (objects or modules) to register."""
 
@@ -191,10 +200,65 @@ class Trainer:
         self.extra_hooks = list(hooks)
         self.show_progress = show_progress
         self.console = console
+        self._objective_names: dict[str, str] = {}  # label -> how messages name it
+        self._objective_ids: dict[int, str] = {}  # id(objective instance) -> how messages name it
 
     def run(self, resume: bool = False) -> RunResult:
+        """Set up (and resume), then train step by step with the log/eval/checkpoint cadence, tasks, finish."""
+        with self._naming_failed_objectives():
+            loop = self._set_up(resume)
+            self._start(loop, resumed=resume)
+            status = "failed"
+            try:
+                with loop.progress:
+                    while loop.step < self.spec.training.steps:
+                        self._train_one_step(loop)
+                        self._on_cadence(loop)
+                self._tasks(loop)
+                status = "finished"
+            except KeyboardInterrupt:
+                status = "interrupted"
+                self._save_on_interrupt(loop)
+                raise
+            finally:
+                self._finish(loop, status)
+            return loop.result
+
+    # -- set up, resume, start ----------------------------------------------------------------------
+    def _set_up(self, resume: bool) -> _Loop:
+        """Objectives, data streams and the backend (from the run's last checkpoint when resuming)."""
+        from plmforge.core.data.sources import load_splits
+
         spec = self.spec
-        training = spec.training
+        previous = self._checkpoint_to_resume(resume)
+        vocab, slots = build_objectives(spec)
+        self._name_objectives(slots)
+        data = load_splits(spec.data)
+        train_streams, eval_streams = build_streams(spec, slots, data)
+        backend = build_backend(spec, vocab, slots, self.registry)
+        if spec.model.init_from is not None and not resume:  # resuming continues from the run's own weights
+            from plmforge.core.conversion import load_init_from
+
+            load_init_from(backend, spec.model.init_from, vocab.tokens)
+        loop = _Loop(vocab=vocab, slots=slots, train_streams=train_streams, eval_streams=eval_streams,
+                     backend=backend, data_report=data.report, main=backend.is_main_process())
+        if previous is not None:
+            self._resume(loop, previous)
+        if loop.main:
+            self._prepare_output_dir()
+        return loop
+
+    def _prepare_output_dir(self) -> None:
+        """The resolved spec beside the checkpoints; writes a killed run left unfinished are removed."""
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        (self.output_dir / "spec.yaml").write_text(self.spec.to_yaml())
+        removed = checkpoint.remove_unfinished_writes(self.output_dir)
+        if removed:
+            self._warn(f"removed {len(removed)} unfinished checkpoint write(s) of a run stopped while saving: "
+                       + ", ".join(p.name for p in removed))
+
+    def _checkpoint_to_resume(self, resume: bool) -> Path | None:
+        """The checkpoint ``--resume`` continues from; refuses to train over a run's checkpoints without it."""
         previous = checkpoint.latest_checkpoint(self.output_dir)
         if previous is not None and not resume:
             raise PlmforgeError(
@@ -202,129 +266,212 @@ class Trainer:
                 f"or choose another output_dir (e.g. --set output_dir=runs/new)")
         if resume and previous is None:
             raise CheckpointError(f"--resume: no checkpoint found under {checkpoint.checkpoint_root(self.output_dir)}")
+        return previous if resume else None
 
-        from plmforge.core.data.sources import load_splits
+    def _resume(self, loop: _Loop, previous: Path) -> None:
+        """Weights, optimizer and RNG state and each stream's position, as the checkpoint left them."""
+        ckpt = checkpoint.load_checkpoint(previous)
+        loop.backend.load_weights(ckpt.weights)
+        loop.backend.load_training_state(ckpt.training_arrays, ckpt.state.get("backend", {}))
+        for label, stream in loop.train_streams.items():
+            stream.load_state(ckpt.state["streams"][label])
+        loop.step = loop.saved_step = ckpt.step
+        loop.resumed_state = ckpt.state
 
-        vocab, slots = build_objectives(spec)
-        data = load_splits(spec.data)
-        if len(data.splits.get("train", ())) == 0:
-            raise PlmforgeError(f"data source {spec.data.source!r} yielded no training proteins")
-        planner = make_planner(spec)
-        train_streams: dict[str, ExampleStream] = {}
-        eval_streams: dict[str, ExampleStream] = {}
-        validation = data.splits.get("validation")
-        for i, slot in enumerate(slots):
-            train_source = prepared_source(slot, data.splits["train"], "train", spec, data.report)
-            train_streams[slot.label] = ExampleStream(slot.objective, train_source, planner, spec.seed, stream=i)
-            eval_source = (prepared_source(slot, validation, "validation", spec, data.report)
-                           if validation is not None else None)
-            if eval_source is not None:
-                eval_streams[slot.label] = ExampleStream(slot.objective, eval_source, planner, spec.seed, stream=i)
-        backend = build_backend(spec, vocab, slots, self.registry)
-        if spec.model.init_from is not None and not resume:  # resuming continues from the run's own weights
-            from plmforge.core.hf_checkpoint import load_init_from
-
-            load_init_from(backend, spec.model.init_from, vocab.tokens)
-
-        step, state = 0, {}
-        if resume:
-            ckpt = checkpoint.load_checkpoint(previous)
-            backend.load_weights(ckpt.weights)
-            backend.load_training_state(ckpt.training_arrays, ckpt.state.get("backend", {}))
-            for label, stream in train_streams.items():
-                stream.load_state(ckpt.state["streams"][label])
-            step, state = ckpt.step, ckpt.state
-
-        main = backend.is_main_process()  # multi-process runs: one process writes files and logs
-        if main:
-            self.output_dir.mkdir(parents=True, exist_ok=True)
-            (self.output_dir / "spec.yaml").write_text(spec.to_yaml())
-        tracker = Tracker(spec.tracking.enabled and main, spec.tracking.tracking_uri, spec.tracking.experiment,
+    def _start(self, loop: _Loop, resumed: bool) -> None:
+        """Tracking (the resumed MLflow run continues), hook registration and ``plmforge_run_start``."""
+        spec, training = self.spec, self.spec.training
+        tracker = Tracker(spec.tracking.enabled and loop.main, spec.tracking.tracking_uri, spec.tracking.experiment,
                           spec.tracking.run_name or spec.name, warn=self._warn)
-        run_id = tracker.start(resume_run_id=state.get("tracking_run_id"))
-        info = RunInfo(spec=spec, output_dir=self.output_dir, tracking_run_id=run_id)
-        if not resume:
+        run_id = tracker.start(resume_run_id=loop.resumed_state.get("tracking_run_id"))
+        loop.tracker = tracker
+        loop.info = RunInfo(spec=spec, output_dir=self.output_dir, tracking_run_id=run_id)
+        if not resumed:
             tracker.log_params(flatten(spec.to_dict()))
             tracker.log_text(spec.to_yaml(), "spec.yaml")
-        tracker.set_tags(self._tags(backend, slots, data.report))
+        tracker.set_tags(self._tags(loop.backend, loop.slots, loop.data_report))
 
+        loop.hooks = self._hook_relay(loop)
+        loop.result = RunResult(step=loop.step, status="running", tracking_run_id=run_id,
+                                data_report=loop.data_report, main_process=loop.main)
+        loop.hooks.plmforge_run_start(run=loop.info, resumed_from_step=loop.step)
+        loop.window = MetricWindow()
+        loop.mixer = ObjectiveMixer(training.objective_mixing, {s.label: s.weight for s in loop.slots}, spec.seed)
+        loop.progress = Progress(total=training.steps, start=loop.step, enabled=self.show_progress and loop.main,
+                                 console=self.console)
+
+    def _hook_relay(self, loop: _Loop) -> Any:
+        """Hook-only plugins, then the backend, the objectives and the caller's ``hooks``."""
         pm = plugin_manager()
         for hook_info in self.registry.infos("hooks"):
             if not hook_info.disabled:
                 pm.register(self.registry.load("hooks", hook_info.name), name=f"hooks:{hook_info.name}")
-        for obj in [backend, *(s.objective for s in slots), *self.extra_hooks]:
+        for obj in [loop.backend, *(s.objective for s in loop.slots), *self.extra_hooks]:
             pm.register(obj)
+        return pm.hook
 
-        result = RunResult(step=step, status="running", tracking_run_id=run_id, data_report=data.report,
-                           main_process=main)
-        pm.hook.plmforge_run_start(run=info, resumed_from_step=step)
-        window = MetricWindow()
-        mixer = ObjectiveMixer(training.objective_mixing, {s.label: s.weight for s in slots}, spec.seed)
-        progress = Progress(total=training.steps, start=step, enabled=self.show_progress and main,
-                            console=self.console)
-        status = "failed"
-        saved_step = step
-        in_step = False  # an interrupt inside a step leaves state half-updated: do not save it then
+    # -- one training step and its cadence ----------------------------------------------------------
+    def _train_one_step(self, loop: _Loop) -> None:
+        """One optimizer step; its metrics stay on the device until a log step reads them."""
+        training = self.spec.training
+        with loop.stepping():
+            loop.lr = rate_for(training, loop.step)
+            chosen = loop.mixer.labels_for(loop.step)
+            micro = {label: [loop.train_streams[label].next() for _ in range(training.gradient_accumulation)]
+                     for label in chosen}
+            metrics = loop.backend.train_step(micro, loop.lr, loop.mixer.loss_weights(chosen))
+            loop.window.add_step(loop.step + 1, metrics)
+            loop.window.add(loop.mixer.step_metrics(chosen))
+            loop.window.steps += 1
+            loop.window.residues += sum(b.residues for batches in micro.values() for b in batches)
+            loop.step += 1
+        loop.result.step = loop.step
+
+    def _on_cadence(self, loop: _Loop) -> None:
+        """What is due after this step: logging (progress otherwise), evaluation, a checkpoint."""
+        training = self.spec.training
+        step = loop.step
+        last = step == training.steps
+        if step % training.log_every == 0 or last:
+            self._log(loop)
+        else:
+            loop.progress.update(step)
+        if loop.eval_streams and (step % training.eval_every == 0 or last):
+            self._evaluate_now(loop)
+        if step % training.checkpoint_every == 0 or last:
+            self._checkpoint(loop)
+
+    def _log(self, loop: _Loop) -> None:
+        """Training metrics since the last log step, on the host: checked, logged, handed to hooks."""
+        self._stop_if_diverged(loop)
+        metrics = self._close_window(loop.window, loop.lr)
+        metrics["train/cropped_proteins"] = float(sum(s.cropped for s in loop.train_streams.values()))
+        metrics.update({f"backend/{k}": v for k, v in loop.backend.counters().items()})
+        loop.window = MetricWindow()
+        result = loop.result
+        result.train_metrics = metrics
+        result.history.append((loop.step, metrics))
+        loop.tracker.log_metrics(metrics, loop.step)
+        loop.hooks.plmforge_step_end(run=loop.info, step=loop.step, metrics=metrics)
+        loop.progress.update(loop.step, metrics)
+
+    def _evaluate_now(self, loop: _Loop) -> None:
+        result = loop.result
+        result.eval_metrics = self._evaluate(loop.backend, loop.slots, loop.eval_streams, loop.mixer)
+        loop.tracker.log_metrics(result.eval_metrics, loop.step)
+        loop.hooks.plmforge_evaluation_end(run=loop.info, step=loop.step, metrics=result.eval_metrics)
+        loop.progress.note(loop.step, result.eval_metrics)
+
+    def _checkpoint(self, loop: _Loop) -> None:
+        """A checkpoint of the weights after this step, unless they came from a diverged step."""
+        self._stop_if_diverged(loop)
+        loop.result.checkpoint = self._write_checkpoint(loop)
+        loop.saved_step = loop.step
+        loop.hooks.plmforge_checkpoint_saved(run=loop.info, step=loop.step, path=loop.result.checkpoint)
+
+    def _write_checkpoint(self, loop: _Loop) -> Path:
+        """``_save``, with a full disk said plainly (the write is atomic: the last good checkpoint stays)."""
         try:
-            with progress:
-                while step < training.steps:
-                    in_step = True
-                    lr = rate_for(training, step)
-                    chosen = mixer.labels_for(step)
-                    micro = {label: [train_streams[label].next() for _ in range(training.gradient_accumulation)]
-                             for label in chosen}
-                    window.add(backend.train_step(micro, lr, mixer.loss_weights(chosen)))
-                    window.add(mixer.step_metrics(chosen))
-                    window.steps += 1
-                    window.residues += sum(b.residues for batches in micro.values() for b in batches)
-                    step += 1
-                    in_step = False
-                    result.step = step
-                    last = step == training.steps
-                    if step % training.log_every == 0 or last:
-                        metrics = self._close_window(window, lr)
-                        metrics["train/cropped_proteins"] = float(sum(s.cropped for s in train_streams.values()))
-                        metrics.update({f"backend/{k}": v for k, v in backend.counters().items()})
-                        window = MetricWindow()
-                        result.train_metrics = metrics
-                        result.history.append((step, metrics))
-                        tracker.log_metrics(metrics, step)
-                        pm.hook.plmforge_step_end(run=info, step=step, metrics=metrics)
-                        progress.update(step, metrics)
-                    else:
-                        progress.update(step)
-                    if eval_streams and (step % training.eval_every == 0 or last):
-                        result.eval_metrics = self._evaluate(backend, slots, eval_streams, mixer)
-                        tracker.log_metrics(result.eval_metrics, step)
-                        pm.hook.plmforge_evaluation_end(run=info, step=step, metrics=result.eval_metrics)
-                        progress.note(step, result.eval_metrics)
-                    if step % training.checkpoint_every == 0 or last:
-                        result.checkpoint = self._save(backend, vocab, step, train_streams, run_id, result)
-                        saved_step = step
-                        pm.hook.plmforge_checkpoint_saved(run=info, step=step, path=result.checkpoint)
-            if spec.tasks:
-                alone = backend.single_process()  # every process takes part; only the main one gets it
-                if alone is not None:
-                    result.tasks = self._run_tasks(alone, vocab, tracker, info, pm)
-            status = "finished"
-        except KeyboardInterrupt:
-            status = "interrupted"
-            if step > saved_step and not in_step:
-                result.checkpoint = self._save(backend, vocab, step, train_streams, run_id, result)
-                if main:
-                    self._warn(f"interrupted: checkpoint written at step {step}; continue with --resume")
+            return self._save(loop.backend, loop.vocab, loop.step, loop.train_streams, loop.info.tracking_run_id,
+                              loop.result)
+        except Exception as exc:
+            if not is_disk_full(exc):
+                raise
+            raise CheckpointError(
+                f"no space left on device while writing the checkpoint of step {loop.step} under "
+                f"{checkpoint.checkpoint_root(self.output_dir)}; {self._kept_checkpoint()}. Free some space, then "
+                f"continue with --resume") from exc
+
+    def _stop_if_diverged(self, loop: _Loop) -> None:
+        """Stops the run at the first step whose loss or gradient norm is not finite (steps stay sync-free)."""
+        found = loop.window.first_non_finite()
+        if found is not None:
+            step, values = found
+            raise TrainingDiverged(f"training diverged at step {step}: {self._what_diverged(values)}; "
+                                   f"{self._kept_checkpoint()}. Lower training.optimizer.lr, keep "
+                                   f"training.max_grad_norm set, or check the objective's loss")
+
+    def _what_diverged(self, values: Mapping[str, float]) -> str:
+        """``the loss of objective 'mlm' (plugin mlm from plmforge 0.1.0) is nan``, from one step's values."""
+        losses = {name.split("/")[0]: value for name, value in values.items() if name.endswith("/loss")}
+        named = {label: self._objective_names.get(label, f"objective {label!r}") for label in losses}
+        parts = [f"the loss of {named[label]} is {value}" for label, value in losses.items()
+                 if not math.isfinite(value)]
+        if not parts and not math.isfinite(values.get("loss", 0.0)):
+            parts.append(f"the total loss is {values['loss']}")
+        grad_norm = values.get("grad_norm", 0.0)
+        if not math.isfinite(grad_norm):
+            if parts or not losses:
+                parts.append(f"the gradient norm is {grad_norm}")
+            else:
+                finite = ", ".join(f"{named[label]} {value:.4g}" for label, value in losses.items())
+                parts.append(f"the gradient norm is {grad_norm} (the step's losses were finite: {finite})")
+        return " and ".join(parts)
+
+    def _kept_checkpoint(self) -> str:
+        latest = checkpoint.latest_checkpoint(self.output_dir)
+        return f"the last good checkpoint {latest} is kept" if latest else "no checkpoint was written"
+
+    # -- tasks, interrupt, finish ---------------------------------------------------------------------
+    def _tasks(self, loop: _Loop) -> None:
+        if not self.spec.tasks:
+            return
+        alone = loop.backend.single_process()  # every process takes part; only the main one gets it
+        if alone is not None:
+            loop.result.tasks = self._run_tasks(alone, loop.vocab, loop.tracker, loop.info, loop.hooks)
+
+    def _save_on_interrupt(self, loop: _Loop) -> None:
+        """Ctrl-C between steps saves the steps since the last checkpoint; inside a step the state is half-updated."""
+        if loop.inside_step or loop.step <= loop.saved_step:
+            return
+        diverged = loop.window.first_non_finite()
+        if diverged is not None:
+            if loop.main:
+                self._warn(f"interrupted: no checkpoint written, training had diverged at step {diverged[0]}")
+            return
+        loop.result.checkpoint = self._write_checkpoint(loop)
+        if loop.main:
+            self._warn(f"interrupted: checkpoint written at step {loop.step}; continue with --resume")
+
+    def _finish(self, loop: _Loop, status: str) -> None:
+        """Status, the last checkpoint as an artifact, ``plmforge_run_end`` and the MLflow run's end."""
+        result = loop.result
+        result.status = status
+        if status == "finished" and result.checkpoint is not None and self.spec.tracking.log_checkpoint:
+            loop.tracker.log_artifact(result.checkpoint, "checkpoint")
+        summary = {"step": result.step, "train": result.train_metrics, "eval": result.eval_metrics,
+                   "backend": loop.backend.counters(),
+                   "checkpoint": str(result.checkpoint) if result.checkpoint else None}
+        loop.hooks.plmforge_run_end(run=loop.info, status=status, summary=summary)
+        loop.tracker.end({"finished": "FINISHED", "interrupted": "KILLED"}.get(status, "FAILED"))
+        result.tracking_failure = loop.tracker.failure
+
+    # -- messages for what a plugin objective did ---------------------------------------------------
+    def _name_objectives(self, slots: list[ObjectiveSlot]) -> None:
+        """How messages name each objective: label, plugin name and the distribution that ships it."""
+        self._objective_names, self._objective_ids = {}, {}
+        for slot, entry in zip(slots, self.spec.objectives):
+            try:
+                info = self.registry.info("objective", entry.name)
+                distribution, version = info.distribution, info.version
+            except PlmforgeError:
+                distribution = version = None
+            described = describe_objective(slot.label, entry.name, distribution, version)
+            self._objective_names[slot.label] = described
+            self._objective_ids[id(slot.objective)] = described
+
+    @contextlib.contextmanager
+    def _naming_failed_objectives(self) -> Iterator[None]:
+        """An exception raised inside a plugin objective becomes one message naming it; others pass unchanged."""
+        try:
+            yield
+        except PlmforgeError:
             raise
-        finally:
-            result.status = status
-            if status == "finished" and result.checkpoint is not None and spec.tracking.log_checkpoint:
-                tracker.log_artifact(result.checkpoint, "checkpoint")
-            summary = {"step": result.step, "train": result.train_metrics, "eval": result.eval_metrics,
-                       "backend": backend.counters(),
-                       "checkpoint": str(result.checkpoint) if result.checkpoint else None}
-            pm.hook.plmforge_run_end(run=info, status=status, summary=summary)
-            tracker.end({"finished": "FINISHED", "interrupted": "KILLED"}.get(status, "FAILED"))
-            result.tracking_failure = tracker.failure
-        return result
+        except Exception as exc:
+            failure = objective_failure(exc, self._objective_ids)
+            if failure is None:
+                raise
+            raise failure from exc
 
     # -- pieces -----------------------------------------------------------------------------------
     def _close_window(self, window: MetricWindow, lr: float) -> dict[str, float]:
@@ -335,16 +482,17 @@ class Trainer:
         metrics["train/steps_per_second"] = window.steps / elapsed
         return metrics
 
-    def _run_tasks(self, backend: Backend, vocab: Vocab, tracker: Tracker, info: RunInfo, pm: Any) -> list[Any]:
-        """Downstream tasks on the trained model, each a nested MLflow run under this one."""
-        from plmforge.core.evaluation import run_tasks
+    def _run_tasks(self, backend: Backend, vocab: Vocab, tracker: Tracker, info: RunInfo, hooks: Any) -> list[Any]:
+        """Downstream tasks on the trained model, each a nested MLflow run under this one (``hooks``: the relay)."""
+        from plmforge.core.evaluation import EvaluationPlan, TaskOutcome, run_tasks
         from plmforge.core.progress import say
 
-        def task_end(outcome: Any) -> None:
-            pm.hook.plmforge_task_end(run=info, task=outcome.label, reference=outcome.reference,
-                                      metrics=outcome.metrics["test"])
+        def task_end(outcome: TaskOutcome) -> None:
+            hooks.plmforge_task_end(run=info, task=outcome.label, reference=outcome.reference,
+                                    metrics=outcome.metrics["test"])
 
-        return run_tasks(self.spec, self.spec, backend, vocab, tracker, self.output_dir, self.registry,
+        return run_tasks(EvaluationPlan.from_spec(self.spec, self.output_dir), backend, vocab, tracker,
+                         random_model=lambda: build_model(self.spec, self.registry)[0],
                          say=lambda text: say(text, self.console) if self.show_progress else None,
                          on_task_end=task_end)
 
@@ -365,15 +513,9 @@ class Trainer:
     def _save(self, backend: Backend, vocab: Vocab, step: int, streams: Mapping[str, ExampleStream],
               run_id: str | None, result: RunResult) -> Path:
         arrays, backend_meta = backend.training_state()
-        state = {
-            "streams": {label: stream.state() for label, stream in streams.items()},
-            "backend": backend_meta,
-            "backend_name": self.spec.backend.name,
-            "tracking_run_id": run_id,
-            "vocab": vocab.tokens[144:],
-            "metrics": {**result.train_metrics, **result.eval_metrics},
-            "plmforge_version": __version__,
-        }
+        state = checkpoint.trainer_state(
+            vocab.tokens, self.spec.backend.name, streams={label: stream.state() for label, stream in streams.items()},
+            backend=backend_meta, tracking_run_id=run_id, metrics={**result.train_metrics, **result.eval_metrics})
         weights = backend.weights()  # a collective in multi-process runs: every process takes part
         if not backend.is_main_process():
             return checkpoint.checkpoint_path(self.output_dir, step)

@@ -120,7 +120,19 @@ class Tracker:
         self._thread.join(FLUSH_TIMEOUT)
         if self._thread.is_alive():
             self._fail(f"MLflow did not accept the last log calls within {FLUSH_TIMEOUT:.0f} s; they were dropped")
+        elif self.failure is not None:
+            self._try_to_terminate(status)
         self._thread = None
+
+    def _try_to_terminate(self, status: str) -> None:
+        """One last attempt to close a run whose logging failed, so it does not stay RUNNING in MLflow for good.
+
+        Quiet: the failure was already reported; a server that is back accepts it, a dead one costs one request.
+        """
+        try:
+            self._client.set_terminated(self.run_id, status=status)
+        except Exception:  # noqa: BLE001 - the server is still gone; the run stays as MLflow last saw it
+            pass
 
     # -- logging (all asynchronous) ---------------------------------------------------------------
     def log_params(self, params: Mapping[str, Any]) -> None:
