@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
+from pydantic import Field
 
 from plmforge.core.strict import StrictModel
 from plmforge.core.vocab import Vocab
@@ -40,7 +41,15 @@ ENCODER_LOGITS = "encoder_logits"
 
 
 class ObjectiveConfig(StrictModel):
-    """Base class of an objective's options. Subclass it and give every field a description."""
+    """Base class of an objective's options. Subclass it and give every field a description.
+
+    It declares ``prefix`` for every objective, so a spec may give any objective a task token and
+    :attr:`Objective.prefix_ids` reads it; a subclass redeclares it only to change the default.
+    """
+
+    prefix: str | None = Field(
+        None, description="Task prefix token put before the protein on the encoder input, e.g. Ankh3's '[NLU]' "
+                          "(added to the vocabulary); null = none.")
 
 
 @dataclass(frozen=True)
@@ -123,7 +132,19 @@ class Objective(ABC):
     #: The pydantic model of this objective's options (validated from its spec entry).
     Config: ClassVar[type[ObjectiveConfig]] = ObjectiveConfig
 
+    #: The feature of token ids the loss is summed over (pad id where nothing is scored). Set it and the
+    #: default :meth:`weight` counts its non-pad entries; an objective that leaves it ``None`` overrides
+    #: :meth:`weight`.
+    target_feature: ClassVar[str | None] = None
+
+    #: Architectures (``"encoder-decoder"``, ``"encoder"``) for which ``plmforge convert`` may name this
+    #: objective in the spec of a converted Hugging Face checkpoint (see docs/checkpoints.md).
+    conversion_default: ClassVar[tuple[str, ...]] = ()
+
     def __init__(self, config: ObjectiveConfig, vocab: Vocab):
+        if self.target_feature is None and type(self).weight is Objective.weight:
+            raise TypeError(f"{type(self).__qualname__} must set target_feature (the feature of token ids its loss "
+                            f"is summed over) or override weight()")
         self.config = config
         self.vocab = vocab
 
@@ -131,15 +152,14 @@ class Objective(ABC):
     def special_tokens(cls, config: ObjectiveConfig) -> tuple[str, ...]:
         """Extra vocabulary tokens this objective uses, known before the vocab exists.
 
-        By default the config's task ``prefix`` (e.g. ``"[NLU]"``) when it has that option and sets it.
+        By default the config's task ``prefix`` (e.g. ``"[NLU]"``) when set.
         """
-        prefix = getattr(config, "prefix", None)
-        return (prefix,) if prefix else ()
+        return (config.prefix,) if config.prefix else ()
 
     @property
     def prefix_ids(self) -> list[int]:
         """The ids to put before the protein on the encoder input: the config's ``prefix``, or none."""
-        prefix = getattr(self.config, "prefix", None)
+        prefix = self.config.prefix
         return [self.vocab.token_id(prefix)] if prefix else []
 
     def prepare(self, proteins: ProteinSet, split: str) -> ProteinSource:
@@ -163,9 +183,12 @@ class Objective(ABC):
     def make_example(self, protein: Protein, rng: np.random.Generator) -> dict[str, np.ndarray]:
         """Numpy arrays for one protein; all randomness comes from ``rng`` (derived from seed/epoch/index)."""
 
-    @abstractmethod
     def weight(self, batch: Mapping[str, np.ndarray]) -> float:
-        """What the loss sum of this numpy batch is over (e.g. the count of target tokens)."""
+        """What the loss sum of this numpy batch is over; it must not count padding.
+
+        By default the count of target tokens: the entries of ``target_feature`` that are not ``<pad>``.
+        """
+        return float(np.count_nonzero(batch[self.target_feature] != self.vocab.pad_id))
 
     @abstractmethod
     def loss(self, outputs: Mapping[str, Array], batch: Mapping[str, Array], xp: Any) -> LossOutput:

@@ -2,7 +2,7 @@
 
 An objective that passes trains from a spec on every installed backend with the same numbers. The
 check runs what a run runs, at toy size: the objective's ``Config`` validated as a spec entry would
-be, the vocabulary built with its special tokens (as :func:`plmforge.core.run.build_objectives`),
+be, the vocabulary built with its special tokens (as :func:`plmforge.core.build.build_objectives`),
 ``prepare`` on real proteins, examples cut by :class:`~plmforge.core.data.stream.ExampleStream`,
 and ``eval_step``/``train_step`` of each backend on one batch of a tiny model.
 
@@ -23,13 +23,17 @@ Checks, by the name failures are reported under:
 ``examples.shapes``        ... trailing dims as declared; features on one axis share its length
 ``examples.token_ids``     model inputs are ids of the vocabulary
 ``examples.input``         ``make_example`` leaves ``protein.tokens`` unchanged
+``examples.prefix``        the ``prefix`` option every objective has puts its token first on ``encoder_input_ids``
 ``batch.weight``           ``weight(batch)`` is finite and > 0
+``padding.weight``         ``weight`` ignores an all-padding row and longer padding (numpy: runs with ``backends=[]``)
 ``determinism.seed``       the same seed and protein give identical arrays (no global randomness)
 ``determinism.rng``        another generator gives other arrays (skipped, not failed, if by design)
-``backend.<b>.eval``       eval loss and metrics finite; ``eval_metrics()`` names are returned
+``backend.<b>.eval``       the loss is one number (a scalar sum); eval loss and metrics finite;
+                           ``eval_metrics()`` names are returned
 ``backend.<b>.train``      ``train_step`` runs and its loss is finite
 ``backend.<b>.gradients``  the gradient norm is finite and > 0 (the loss depends on the model)
-``padding.invariance``     an all-padding row and longer padding change neither weight, loss nor metrics
+``padding.invariance``     an all-padding row and longer padding change neither loss nor metrics
+``loss.sum``               the batch concatenated with itself gives twice the loss and metric sums (sums, not means)
 ``backends.agree``         every backend gives the same loss, metrics and gradient norm (rtol 1e-4/1e-3)
 ========================== ===========================================================================
 
@@ -521,8 +525,45 @@ def _check_examples(checks: _Checks, objective: Objective, source: ProteinSource
             weight = float(batch.weight)
             _require(math.isfinite(weight) and weight > 0, f"weight(batch) is {weight}; it must be finite and > 0 "
                                                            f"for a batch of {len(indices)} proteins")
+        if checks.ok("batch.weight"):
+            with checks.check("padding.weight"):
+                padded = float(objective.weight(_pad_more(batch.arrays, features)))
+                _require(padded == weight, f"weight(batch) went from {weight:g} to {padded:g} when the batch got an "
+                                           f"all-padding row and {_EXTRA_PADDING} more padded positions: it counts "
+                                           f"padding; count only the positions the loss sums over")
     _check_determinism(checks, objective, source, seed, max_length, recorder, indices)
+    _check_prefix(checks, objective, recorder, seed)
     return batch if checks.ok("batch.collate", "batch.weight") else None
+
+
+def _check_prefix(checks: _Checks, objective: Objective, recorder: _Recorder, seed: int) -> None:
+    """``ObjectiveConfig`` declares ``prefix`` for every objective: one that ignores it ignores a spec silently."""
+    from pydantic import ValidationError
+
+    from plmforge.core.objective import ENCODER_INPUT
+
+    with checks.check("examples.prefix"):
+        if not recorder.calls:
+            raise _Skipped("no example was made (see batch.collate)")
+        token, prefixed = objective.config.prefix, objective
+        if not token:
+            token = "[NLU]"
+            try:
+                prefixed = build_objective(type(objective), {**objective.config.model_dump(), "prefix": token})
+            except ValidationError:
+                raise _Skipped(f"the Config refuses prefix {token!r}") from None
+        protein = recorder.calls[0][0]
+        example = prefixed.make_example(protein, np.random.default_rng([seed, 0x9E, 0]))
+        ids = np.asarray(example[ENCODER_INPUT])
+        _require(ids.size > 0 and ids[0] == prefixed.vocab.token_id(token),
+                 f"with prefix {token!r}, encoder_input_ids of {protein.name or 'a protein'} starts with "
+                 f"{ids[:3].tolist()}, not {prefixed.vocab.token_id(token)}: every objective has the prefix option, "
+                 f"so put self.prefix_ids before the protein on encoder_input_ids (and pad the other encoder "
+                 f"features to match), or a spec's prefix is silently ignored")
+        encoder_features = [n for n, f in prefixed.features().items() if f.length == "encoder" and n in example]
+        lengths = {n: len(example[n]) for n in encoder_features}
+        _require(len(set(lengths.values())) == 1, f"with prefix {token!r}, features on the 'encoder' axis differ in "
+                                                  f"length {lengths}: pad them by len(self.prefix_ids) too")
 
 
 def _check_determinism(checks: _Checks, objective: Objective, source: ProteinSource, seed: int, max_length: int,
@@ -587,7 +628,7 @@ def _check_backends(checks: _Checks, registry: Registry, wanted: Mapping[str, Ma
     if spec is None or not checks.ok("needs", "features"):
         checks.add("backends", "skipped", "the objective's declarations failed (see needs/features)")
         return
-    slot = ObjectiveSlot(label=_LABEL, objective=objective, weight=1.0)
+    slot = ObjectiveSlot(label=_LABEL, objective=_ScalarLoss(objective), weight=1.0)
     results: dict[str, dict[str, dict[str, tuple[float, float]]]] = {}
     reference: dict[str, np.ndarray] | None = None
     for name, options in wanted.items():
@@ -609,7 +650,7 @@ def _check_backends(checks: _Checks, registry: Registry, wanted: Mapping[str, Ma
 
 def _setup_backend(checks: _Checks, registry: Registry, name: str, options: Mapping[str, Any], spec: Any,
                    slot: Any, objective: Objective) -> Backend | None:
-    from plmforge.core.run import make_backend
+    from plmforge.core.build import make_backend
 
     backend_cls = registry.load("backend", name)
     missing = _missing_framework(backend_cls)
@@ -642,11 +683,14 @@ def _run_backend(checks: _Checks, backend: Backend, name: str, batch: MicroBatch
     if first and "eval" in out and checks.ok(f"backend.{name}.eval"):
         with checks.check("padding.invariance"):
             _check_padding(backend, batch, objective, out["eval"])
+        with checks.check("loss.sum"):
+            _check_sums(backend, batch, objective, out["eval"])
     with checks.check(f"backend.{name}.train"):
         try:
             metrics = _floats(backend.train_step({_LABEL: [batch]}, 1e-3))
         except RuntimeError as exc:
-            hint = (" — PyTorch says this when the loss does not depend on the model outputs, so it has no "
+            hint = (" — the loss must be a scalar sum" if "scalar" in str(exc) else
+                    " — PyTorch says this when the loss does not depend on the model outputs, so it has no "
                     "gradient" if "grad" in str(exc) else "")
             raise _Failed(f"train_step raised RuntimeError: {exc}{hint}") from None
         out["train"] = metrics
@@ -668,16 +712,54 @@ def _check_padding(backend: Backend, batch: MicroBatch, objective: Objective,
     from plmforge.core.backend import MicroBatch
 
     arrays = _pad_more(batch.arrays, objective.features())
-    weight = float(objective.weight(arrays))
-    _require(weight == float(batch.weight), f"weight(batch) went from {batch.weight} to {weight} when the batch got "
-                                            f"an all-padding row and {_EXTRA_PADDING} more padded positions: it "
-                                            f"counts padding")
+    weight = float(objective.weight(arrays))  # equal to batch.weight unless padding.weight failed
     padded = _floats(backend.eval_step({_LABEL: MicroBatch(arrays=arrays, weight=weight, residues=batch.residues)}))
     changed = [f"{k} {reference[k]} -> {padded.get(k)}" for k in reference
                if k not in padded or not _close(reference[k], padded[k])]
     _require(not changed, f"an all-padding row and {_EXTRA_PADDING} more padded positions changed "
                           f"{'; '.join(changed[:3])}: the loss or a metric counts padded positions (mask them "
                           f"with the pad values your features declare)")
+
+
+def _check_sums(backend: Backend, batch: MicroBatch, objective: Objective,
+                reference: Mapping[str, tuple[float, float]]) -> None:
+    """The contract's sums make averaging over micro-batches and devices exact; a mean would count twice."""
+    from plmforge.core.backend import MicroBatch
+
+    arrays = {name: np.concatenate([array, array]) for name, array in batch.arrays.items()}
+    doubled = MicroBatch(arrays=arrays, weight=float(objective.weight(arrays)), residues=2 * batch.residues)
+    twice = _floats(backend.eval_step({_LABEL: doubled}))
+    loss_key = f"{_LABEL}/loss"
+    loss, again = reference[loss_key][0], twice.get(loss_key, (math.nan, 0.0))[0]
+    _require(_close((again,), (2 * loss,)),
+             f"the loss of the batch concatenated with itself is {again:.6g}, not twice {loss:.6g}: the loss must be a "
+             f"sum over the batch, not a mean (plmforge divides the sums by weight(batch) itself)")
+    not_doubled = [f"{k} {reference[k]} -> {twice.get(k)}" for k in reference
+                   if k != loss_key and not _close(tuple(2 * v for v in reference[k]), twice.get(k, (math.nan,) * 2))]
+    _require(not not_doubled, f"the batch concatenated with itself did not double the metric(s) "
+                              f"{'; '.join(not_doubled[:3])}: return each metric as a (sum, count) pair over the "
+                              f"batch, not a mean")
+
+
+class _ScalarLoss:
+    """Stands in for the objective in the backends and refuses a loss that is not one number.
+
+    Without it a per-protein loss shows up as a framework error about gradients of non-scalar outputs.
+    """
+
+    def __init__(self, objective: Objective):
+        self.objective = objective
+
+    def loss(self, outputs: Mapping[str, Any], batch: Mapping[str, Any], xp: Any) -> Any:
+        out = self.objective.loss(outputs, batch, xp)
+        shape = tuple(getattr(getattr(out, "loss", None), "shape", ()))
+        _require(not shape, f"loss() returned a loss of shape {shape}: the loss must be a scalar sum over every "
+                            f"scored position of the batch (e.g. losses.masked_sum), not one value per protein or "
+                            f"position")
+        return out
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.objective, name)
 
 
 def _pad_more(arrays: Mapping[str, np.ndarray], features: Mapping[str, Any]) -> dict[str, np.ndarray]:

@@ -55,8 +55,8 @@ class HiddenResidues(Objective):
     def make_example(self, protein: Protein, rng: np.random.Generator) -> dict[str, np.ndarray]:
         tokens = np.asarray(protein.tokens, dtype=np.int32)
         encoder = np.where(self.hidden(len(tokens), rng), self.vocab.unk_id, tokens)
-        return {ENCODER_INPUT: np.append(encoder, self.vocab.eos_id).astype(np.int32),
-                TARGETS: np.append(tokens, -1).astype(np.int32)}
+        return {ENCODER_INPUT: np.asarray([*self.prefix_ids, *encoder, self.vocab.eos_id], dtype=np.int32),
+                TARGETS: np.asarray([-1] * len(self.prefix_ids) + [*tokens, -1], dtype=np.int32)}
 
     def weight(self, batch: Mapping[str, np.ndarray]) -> float:
         return float(np.count_nonzero(batch[TARGETS] >= 0))
@@ -134,6 +134,69 @@ class CountsPadding(HiddenResidues):
 
     def eval_metrics(self) -> tuple[str, ...]:
         return ()
+
+
+class MeanLoss(HiddenResidues):
+    def loss(self, outputs: Mapping[str, Any], batch: Mapping[str, Any], xp: Any) -> LossOutput:
+        out = super().loss(outputs, batch, xp)
+        return LossOutput(loss=out.loss / losses.count(xp, batch[TARGETS] >= 0), metrics=out.metrics)  # a mean
+
+
+class MeanMetric(HiddenResidues):
+    def loss(self, outputs: Mapping[str, Any], batch: Mapping[str, Any], xp: Any) -> LossOutput:
+        out = super().loss(outputs, batch, xp)
+        correct, scored = out.metrics["accuracy"]
+        return LossOutput(loss=out.loss, metrics={"accuracy": (correct / scored, scored / scored)})  # a mean
+
+
+class WeightCountsPadding(HiddenResidues):
+    def weight(self, batch: Mapping[str, np.ndarray]) -> float:
+        return float(batch[TARGETS].size)  # every position, padded ones included
+
+
+class PerProteinLoss(HiddenResidues):
+    def loss(self, outputs: Mapping[str, Any], batch: Mapping[str, Any], xp: Any) -> LossOutput:
+        targets = batch[TARGETS]
+        nll, _ = losses.token_nll(xp, outputs[ENCODER_LOGITS], targets)
+        return LossOutput(loss=xp.sum(xp.where(targets >= 0, nll, xp.zeros_like(nll)), axis=1))  # one per protein
+
+    def eval_metrics(self) -> tuple[str, ...]:
+        return ()
+
+
+class TargetFeatureOnly(HiddenResidues):
+    """Scores every real position of ``original_ids``, padded with <pad>: the default weight() counts them."""
+
+    target_feature = TARGETS
+    weight = Objective.weight  # the default, not HiddenResidues' own
+
+    def features(self) -> dict[str, Feature]:
+        return {ENCODER_INPUT: Feature("int32", "encoder"), TARGETS: Feature("int32", "encoder")}
+
+    def make_example(self, protein: Protein, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        example = super().make_example(protein, rng)
+        pad = [self.vocab.pad_id] * len(self.prefix_ids)
+        return {**example, TARGETS: np.asarray([*pad, *protein.tokens, self.vocab.eos_id], dtype=np.int32)}
+
+    def loss(self, outputs: Mapping[str, Any], batch: Mapping[str, Any], xp: Any) -> LossOutput:
+        nll, _ = losses.token_nll(xp, outputs[ENCODER_LOGITS], batch[TARGETS])
+        return LossOutput(loss=losses.masked_sum(xp, nll, batch[TARGETS] != self.vocab.pad_id))
+
+    def eval_metrics(self) -> tuple[str, ...]:
+        return ()
+
+
+class IgnoresPrefix(HiddenResidues):
+    def make_example(self, protein: Protein, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        tokens = np.asarray(protein.tokens, dtype=np.int32)
+        return {ENCODER_INPUT: np.append(tokens, self.vocab.eos_id).astype(np.int32),
+                TARGETS: np.append(tokens, -1).astype(np.int32)}
+
+
+class PrefixOnlyOnTheEncoder(HiddenResidues):
+    def make_example(self, protein: Protein, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        example = super().make_example(protein, rng)
+        return {**example, TARGETS: np.append(protein.tokens, -1).astype(np.int32)}
 
 
 class BackendDependent(HiddenResidues):
@@ -237,6 +300,8 @@ def test_a_backend_whose_framework_is_missing_is_skipped_with_a_note(fake_distri
     (MisalignedTargets, "examples.shapes", "differ in length"),
     (ShortExtras, "prepare", "first axis must be the protein's"),
     (BadConfig, "config.fields", "without a description: rate"),
+    (IgnoresPrefix, "examples.prefix", "with prefix '[NLU]', encoder_input_ids of"),
+    (PrefixOnlyOnTheEncoder, "examples.prefix", "pad them by len(self.prefix_ids) too"),
 ])
 def test_a_broken_example_side_fails_by_name(objective, check, says):
     with pytest.raises(ConformanceError) as excinfo:
@@ -295,3 +360,63 @@ def test_backends_that_disagree_fail_agreement():
     detail = failure(excinfo, "backends.agree")
     assert "objective/loss" in detail and "written with xp only" in detail
     assert [c.name for c in excinfo.value.report.failed] == ["backends.agree"]
+
+
+# -- sums, not means; weights without padding; one scalar loss ------------------------------------------------
+@pytest.mark.parametrize("backend", ["torch", "jax"])
+def test_a_mean_loss_fails_loss_sum(backend):
+    pytest.importorskip(backend)
+    with pytest.raises(ConformanceError) as excinfo:
+        check_objective(MeanLoss, backends=[backend])
+    detail = failure(excinfo, "loss.sum")
+    assert "concatenated with itself" in detail and "the loss must be a sum over the batch, not a mean" in detail
+    assert [c.name for c in excinfo.value.report.failed] == ["loss.sum"]
+
+
+def test_a_mean_metric_fails_loss_sum():
+    with pytest.raises(ConformanceError) as excinfo:
+        check_objective(MeanMetric, backends=["torch"])
+    detail = failure(excinfo, "loss.sum")
+    assert "did not double the metric(s) objective/accuracy" in detail and "(sum, count) pair" in detail
+
+
+def test_a_weight_that_counts_padding_fails_without_any_backend():
+    with pytest.raises(ConformanceError) as excinfo:
+        check_objective(WeightCountsPadding, backends=[])
+    assert "it counts padding" in failure(excinfo, "padding.weight")
+    assert excinfo.value.report.status("batch.weight") == "passed"  # finite and > 0: only padding is wrong
+
+
+@pytest.mark.parametrize("backend", ["torch", "jax"])
+def test_a_loss_per_protein_is_refused_as_not_a_scalar_sum(backend):
+    pytest.importorskip(backend)
+    with pytest.raises(ConformanceError) as excinfo:
+        check_objective(PerProteinLoss, backends=[backend])
+    for check in (f"backend.{backend}.eval", f"backend.{backend}.train"):
+        detail = failure(excinfo, check)
+        assert "the loss must be a scalar sum" in detail and "shape (" in detail
+        assert "grad can be implicitly created" not in detail and "does not depend on the model" not in detail
+
+
+def test_the_default_weight_counts_the_target_feature_without_padding():
+    report = check_objective(TargetFeatureOnly, backends=["torch"])
+    assert report.status("padding.weight") == report.status("loss.sum") == "passed"
+
+
+def test_an_objective_without_weight_or_target_feature_cannot_be_built():
+    class NoWeight(Objective):
+        needs, features, make_example, loss = (HiddenResidues.needs, HiddenResidues.features,
+                                               HiddenResidues.make_example, HiddenResidues.loss)
+
+    with pytest.raises(ConformanceError) as excinfo:
+        check_objective(NoWeight, backends=[])
+    assert "must set target_feature" in failure(excinfo, "init")
+
+
+def test_prefix_is_an_option_of_every_objective_and_check_objective_uses_it():
+    report = check_objective(HiddenResidues, {"prefix": "[S2S]"}, backends=[])
+    assert report.status("examples.prefix") == "passed"
+    assert HiddenResidueConfig.model_fields["prefix"].description  # declared by ObjectiveConfig, documented
+    with pytest.raises(ConformanceError) as excinfo:
+        check_objective(IgnoresPrefix, {"prefix": "[S2S]"}, backends=[])
+    assert "with prefix '[S2S]'" in failure(excinfo, "examples.prefix")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -55,3 +57,41 @@ def test_tutorial_objective_installs_and_trains(fake_distribution, tmp_path):
     for key in ("train/substitution/loss", "train/substitution/repair_accuracy", "train/mlm/loss"):
         assert key in result.train_metrics
     assert "val/substitution/accuracy" in result.eval_metrics
+
+
+def tutorial_block(after: str, output: bool = False) -> str:
+    """The first Python block after the text ``after`` in the objective tutorial, or the output block following it."""
+    text = (REPO / "docs" / "writing-an-objective.md").read_text()
+    pattern = r".*?```python\n.*?```\n\n```\n(.*?)```" if output else r".*?```python\n(.*?)```"
+    return re.search(re.escape(after) + pattern, text, re.S).group(1)
+
+
+@pytest.mark.slow
+def test_tutorial_encoder_decoder_objective_shows_what_it_says_and_trains_on_every_backend(
+        fake_distribution, tmp_path, capsys):
+    from plmforge.testing import BACKEND_OPTIONS, installed_backends
+
+    site = fake_distribution("plmforge-reverse", {"plmforge.objectives": {
+        "reverse_completion": "substitution.reverse:ReverseCompletion"}}, {})
+    (site / "substitution").mkdir()
+    (site / "substitution" / "__init__.py").touch()
+    (site / "substitution" / "reverse.py").write_text(tutorial_block("a module of its own, `substitution/reverse.py`"))
+    importlib.invalidate_caches()
+    try:
+        exec(compile(tutorial_block("the quickest way to look at what the model will see:"), "tutorial", "exec"), {})
+        shown = capsys.readouterr().out
+        assert tutorial_block("what the model will see:", output=True) in shown  # prints what the tutorial shows
+        assert "checks passed" in shown  # check_objective on every installed backend
+        for backend in installed_backends():
+            raw = tiny_spec_dict(tmp_path / backend, steps=2, eval_every=2, checkpoint_every=2)
+            if backend != "torch":
+                raw["backend"] = {"name": backend, **BACKEND_OPTIONS.get(backend, {})}
+            raw["objectives"] = [{"name": "reverse_completion", "seen": 0.5}]
+            raw["tracking"]["enabled"] = False
+            result = train(validate_spec(raw), show_progress=False)
+            assert result.status == "finished", backend
+            assert "train/reverse_completion/loss" in result.train_metrics
+            assert 0 <= result.eval_metrics["val/reverse_completion/residue_accuracy"] <= 1
+    finally:
+        for module in ("substitution.reverse", "substitution"):
+            sys.modules.pop(module, None)

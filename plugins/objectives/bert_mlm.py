@@ -42,7 +42,6 @@ class BertMLMConfig(ObjectiveConfig):
         0.1, ge=0.0, le=1.0, description="Of the selected: share replaced by a random standard amino acid "
                                          "(the rest stays unchanged).")
     mask_token: str = Field("[MASK]", description="The token that hides a residue (added to the vocabulary).")
-    prefix: str | None = Field(None, description="Task prefix token put before the protein, e.g. '[NLU]'.")
 
     @model_validator(mode="after")
     def _shares_fit(self) -> BertMLMConfig:
@@ -55,6 +54,8 @@ class BertMaskedLM(Objective):
     """Predict selected residues from the encoder's own output (80/10/10 corruption)."""
 
     Config = BertMLMConfig
+    conversion_default = ("encoder",)  # what `plmforge convert` trains an encoder checkpoint with
+    target_feature = TARGET
 
     def __init__(self, config: BertMLMConfig, vocab):
         super().__init__(config, vocab)
@@ -90,9 +91,6 @@ class BertMaskedLM(Objective):
             ENCODER_INPUT: np.asarray([*self.prefix_ids, *corrupted, self.vocab.eos_id], dtype=np.int32),
             TARGET: np.asarray([*pad, *target, self.vocab.pad_id], dtype=np.int32),
         }
-
-    def weight(self, batch: Mapping[str, np.ndarray]) -> float:
-        return float(np.count_nonzero(batch[TARGET] != self.vocab.pad_id))
 
     def loss(self, outputs: Mapping[str, Any], batch: Mapping[str, Any], xp: Any) -> LossOutput:
         targets = batch[TARGET]

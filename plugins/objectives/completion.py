@@ -61,6 +61,7 @@ class SequenceCompletion(Objective):
     """Predict the rest of a protein from its beginning, with the decoder."""
 
     Config = CompletionConfig
+    target_feature = TARGET
 
     def __init__(self, config: CompletionConfig, vocab):
         super().__init__(config, vocab)
@@ -95,9 +96,6 @@ class SequenceCompletion(Objective):
             DECODER_INPUT: np.concatenate([[self.vocab.pad_id], target[:-1]]).astype(np.int32),
             TARGET: target.astype(np.int32),
         }
-
-    def weight(self, batch: Mapping[str, np.ndarray]) -> float:
-        return float(np.count_nonzero(batch[TARGET] != self.vocab.pad_id))
 
     def loss(self, outputs: Mapping[str, Any], batch: Mapping[str, Any], xp: Any) -> LossOutput:
         targets = batch[TARGET]

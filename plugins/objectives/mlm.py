@@ -50,8 +50,6 @@ class MaskedLMConfig(ObjectiveConfig):
     mean_span_length: float = Field(
         1.0, ge=1.0,
         description="1 = Ankh 1-gram demasking (each masked residue its own sentinel); >1 = T5 span corruption.")
-    prefix: str | None = Field(
-        None, description="Task prefix token put before the protein on the encoder input, e.g. '[NLU]' (Ankh3).")
 
     @model_validator(mode="after")
     def _weights_match(self) -> MaskedLMConfig:
@@ -69,6 +67,8 @@ class MaskedLanguageModeling(Objective):
     """Sentinel demasking with a masking probability drawn per example."""
 
     Config = MaskedLMConfig
+    conversion_default = ("encoder-decoder",)  # what `plmforge convert` trains an encoder-decoder checkpoint with
+    target_feature = TARGET
 
     def __init__(self, config: MaskedLMConfig, vocab):
         super().__init__(config, vocab)
@@ -141,9 +141,6 @@ class MaskedLanguageModeling(Objective):
         target[out_pos] = tokens[noise_positions]
         target[out_pos[starts_here] - 1] = sentinels[span_index[noise_positions[starts_here]]]
         return np.concatenate([encoder, eos]), np.concatenate([target, eos])
-
-    def weight(self, batch: Mapping[str, np.ndarray]) -> float:
-        return float(np.count_nonzero(batch[TARGET] != self.vocab.pad_id))
 
     # -- loss side (array API) -----------------------------------------------------------------
     def loss(self, outputs: Mapping[str, Any], batch: Mapping[str, Any], xp: Any) -> LossOutput:

@@ -17,12 +17,13 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from plmforge.core import losses
+from plmforge.core.data.msa import msa_source_problem
 from plmforge.core.objective import (
     ENCODER_INPUT,
     Feature,
@@ -33,7 +34,7 @@ from plmforge.core.objective import (
     Protein,
     ProteinSource,
 )
-from plmforge.core.strict import StrictModel
+from plmforge.core.strict import StrictModel, checked_path, file_problem
 
 PROFILE = "profile_targets"
 PROFILE_MASK = "profile_mask"
@@ -43,7 +44,8 @@ WIDTH = 20
 class MsaSearchConfig(StrictModel):
     """Build MSAs with pyhmmer for proteins of the run that no MSA file covers (needs ``plmforge[msa]``)."""
 
-    database: str = Field(description="FASTA file to search (plain or compressed), relative to the working directory.")
+    database: Annotated[str, checked_path(file_problem)] = Field(
+        description="FASTA file to search (plain or compressed), relative to the working directory.")
     tool: Literal["phmmer", "jackhmmer"] = Field("phmmer", description="HMMER search program.")
     iterations: int = Field(3, ge=1, description="jackhmmer iterations.")
     evalue: float = Field(1e-3, gt=0, description="Inclusion E-value of hits.")
@@ -56,7 +58,7 @@ class MsaSearchConfig(StrictModel):
 
 
 class ProfileConfig(ObjectiveConfig):
-    msas: list[str] = Field(
+    msas: list[Annotated[str, checked_path(msa_source_problem)]] = Field(
         default_factory=lambda: ["builtin:scl2205"],
         description="MSA sources: files (Stockholm .sto, A3M .a3m, aligned FASTA .afa; .gz/.xz allowed), "
                     "directories, glob patterns, tar archives, or 'builtin:scl2205' (MSAs built with phmmer for "
@@ -74,7 +76,18 @@ class ProfileConfig(ObjectiveConfig):
         "with_profile", description="Train on the proteins that have a profile, or on all proteins (those without "
                                     "one then add nothing to the loss).")
     head: str = Field("profile", description="Name of the 20-way per-residue head (objectives naming it share it).")
-    prefix: str | None = Field(None, description="Task prefix token put before the protein, e.g. '[NLU]'.")
+
+    @field_validator("head")
+    @classmethod
+    def _head_name(cls, value: str) -> str:
+        """The head's name keys the model's outputs and its weights: a plain name, not a built-in output."""
+        from plmforge.core.objective import DECODER_LOGITS, ENCODER_LOGITS
+
+        if not value.isidentifier():
+            raise ValueError(f"head name {value!r} must be a plain name (letters, digits, '_'), e.g. 'profile'")
+        if value in (ENCODER_LOGITS, DECODER_LOGITS):
+            raise ValueError(f"head name {value!r} is a built-in model output; choose another, e.g. 'profile'")
+        return value
 
 
 class ProfilePrediction(Objective):

@@ -62,8 +62,9 @@ class SpanShuffleDetection(Objective):
                 order = np.roll(order, 1)  # a span that did not move is no example of moving
             shuffled[start:end] = tokens[start:end][order]
         labels = (shuffled != tokens).astype(np.int32)
-        return {ENCODER_INPUT: np.append(shuffled, self.vocab.eos_id).astype(np.int32),
-                LABELS: np.append(labels, IGNORE).astype(np.int32)}
+        before = self.prefix_ids  # the spec's task prefix token (the option every objective has), if set
+        return {ENCODER_INPUT: np.asarray([*before, *shuffled, self.vocab.eos_id], dtype=np.int32),
+                LABELS: np.asarray([IGNORE] * len(before) + [*labels, IGNORE], dtype=np.int32)}
 
     def spans(self, length: int, rng: np.random.Generator) -> list[tuple[int, int]]:
         """Non-overlapping [start, end) spans covering round(fraction · length) residues, each >= 2 long."""
