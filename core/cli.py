@@ -52,7 +52,7 @@ def train(spec: Path, resume: bool, overrides: tuple[str, ...], no_progress: boo
     from plmforge.core.run import train as run_training
     from plmforge.core.spec import load_spec
 
-    loaded = load_spec(spec, list(overrides))
+    loaded = load_spec(spec, list(overrides), check_machine=True)
     try:
         result = run_training(loaded, resume=resume, show_progress=not no_progress)
     except KeyboardInterrupt:
@@ -117,13 +117,13 @@ def validate(spec: Path, overrides: tuple[str, ...], print_spec: bool) -> None:
     """Check SPEC (and the plugins and files it names) without training."""
     from plmforge.core.spec import load_spec
 
-    loaded = load_spec(spec, list(overrides))
-    source = loaded.data.source
-    for path in (source if not source.startswith("builtin:") else None, loaded.data.validation_source):
-        if path and not Path(path).is_file():
-            raise PlmforgeError(f"{spec}: data file {path!r} not found (relative to {Path.cwd()})")
+    loaded = load_spec(spec, list(overrides), check_machine=True)  # the files, devices and output it needs too
+    if any(s and not s.startswith("builtin:") for s in (loaded.data.source, loaded.data.validation_source)):
+        from plmforge.core.data.sources import load_splits
+
+        load_splits(loaded.data)  # read as train reads them: a bad record or an empty split is found now
     if loaded.model.init_from is not None:  # a fully resolved model section does not need it to validate
-        from plmforge.core.hf_checkpoint import resolve_checkpoint
+        from plmforge.core.checkpoint import resolve_checkpoint
 
         resolve_checkpoint(loaded.model.init_from, f"{spec}: model.init_from")
     if print_spec:
@@ -161,10 +161,13 @@ def plugins(load: bool, as_json: bool) -> None:
 
     table = Table("kind", "name", "distribution", "version", "status")
     for row in rows:
-        status = row["status"] if not row["error"] else f"{row['status']}: {row['error']}"
+        status = row["status"] if not row["error"] else f"{row['status']} (see below)"
         style = {"loaded": "green", "available": "green", "disabled": "dim"}.get(row["status"], "red")
         table.add_row(row["kind"], row["name"], row["distribution"], row["version"], f"[{style}]{status}[/]")
     Console().print(table)
+    for row in rows:  # in full, never cut to the table's width (a piped console is 80 columns)
+        if row["error"]:
+            click.echo(f"{row['kind']} {row['name']} ({row['distribution']}): {row['status']}: {row['error']}")
 
 
 @main.command()
@@ -275,7 +278,7 @@ def convert(source: Path, dest: Path, target: str | None, force: bool) -> None:
     SOURCE is a Hugging Face directory (config.json + model.safetensors), a plmforge checkpoint or a run
     directory (its latest checkpoint). Nothing is downloaded and nothing is unpickled; see docs/checkpoints.md.
     """
-    from plmforge.core.hf_checkpoint import convert_checkpoint
+    from plmforge.core.conversion import convert_checkpoint
 
     done = convert_checkpoint(source, dest, target, force)
     s = done.shape

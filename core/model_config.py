@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from plmforge.core.strict import StrictModel
 
@@ -46,12 +46,15 @@ class ModelConfig(StrictModel):
     feed_forward_proj: Literal["gated-gelu", "gated-silu"] = Field(
         "gated-gelu",
         description="Gated feed-forward activation: Ankh uses gated-gelu (tanh GELU), Ankh2/3 gated-silu.")
-    relative_attention_num_buckets: int = Field(64, gt=0, description="Relative position buckets (Ankh: 64).")
+    relative_attention_num_buckets: int = Field(
+        64, ge=4, description="Relative position buckets (Ankh: 64); at least 4: half per direction, of which half "
+                              "are exact.")
     relative_attention_max_distance: int = Field(128, gt=0, description="Largest distinguished distance (Ankh: 128).")
     dropout_rate: float = Field(
         0.1, ge=0.0, lt=1.0, description="Dropout in attention, feed-forward and residual paths.")
     layer_norm_epsilon: float = Field(1e-6, gt=0.0, description="RMSNorm epsilon.")
-    initializer_factor: float = Field(1.0, gt=0.0, description="Scale of the T5 weight initialisation.")
+    initializer_factor: float = Field(
+        1.0, gt=0.0, le=100.0, description="Scale of the T5 weight initialisation (at most 100).")
     gradient_checkpointing: bool = Field(
         False, description="Recompute activations in the backward pass to save memory (slower).")
 
@@ -60,14 +63,27 @@ class ModelConfig(StrictModel):
     def _apply_preset(cls, data: Any) -> Any:
         if not isinstance(data, dict):
             return data
-        if data.get("init_from") is not None:
-            return _shape_from_checkpoint(data)
         preset = data.get("preset", cls.model_fields["preset"].default)
-        if preset is None:
-            return data
-        if preset not in PRESETS:
+        if not isinstance(preset, (str, type(None))):
+            return data  # the field itself reports the wrong type (a mapping is not even hashable)
+        if preset is not None and preset not in PRESETS:
             raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+        if preset is None or data.get("init_from") is not None:
+            return data  # with init_from the shape is the checkpoint's: build.resolved_model_section fills it in
         return {**PRESETS[preset], **data}
+
+    @field_validator("relative_attention_max_distance")
+    @classmethod
+    def _log_buckets_usable(cls, distance: int, info: ValidationInfo) -> int:
+        """T5's logarithmic buckets span from the exact ones up to this distance, or bucketing divides by zero.
+
+        The encoder (bidirectional) has ``buckets // 4`` exact buckets, the decoder ``buckets // 2``.
+        """
+        buckets = info.data.get("relative_attention_num_buckets")
+        if isinstance(buckets, int) and distance <= buckets // 2:
+            raise ValueError(f"must exceed half of relative_attention_num_buckets ({buckets} // 2 = {buckets // 2}); "
+                             f"Ankh uses 128 with 64 buckets")
+        return distance
 
     @property
     def has_decoder(self) -> bool:
@@ -97,49 +113,3 @@ class ModelConfig(StrictModel):
             "eos_token_id": 1,
             "decoder_start_token_id": 0,
         }
-
-
-def _shape_from_checkpoint(data: dict[str, Any]) -> dict[str, Any]:
-    """The model section with the shape of its ``init_from`` checkpoint filled in, checked against what it sets.
-
-    Keys the section sets (itself or through an explicit preset) must agree with the checkpoint, except
-    ``num_decoder_layers: 0``, which keeps only the encoder, and the training choices ``dropout_rate``
-    and ``initializer_factor``. A section that sets every shape key (a resolved spec, as saved with a
-    run) is accepted even when the checkpoint has moved away since; it is read again only to train.
-    """
-    from pathlib import Path
-
-    from plmforge.core.errors import CheckpointError
-    from plmforge.core.hf_checkpoint import SHAPE_FIELDS, SOFT_FIELDS, read_shape
-
-    path, preset = data["init_from"], data.get("preset")
-    if not isinstance(path, str):
-        return data  # the field's own validation reports it
-    if preset is not None and preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
-    given = {**(PRESETS[preset] if preset else {}), **data}
-    if all(key in data for key in SHAPE_FIELDS) and path.strip() and not Path(path).expanduser().exists():
-        return {"preset": None, **data}
-    try:
-        found = read_shape(path, "model.init_from")
-    except CheckpointError as exc:
-        raise ValueError(str(exc)) from None
-    source = found.path / "config.json"
-    conflicts = [f"model.{key} is {given[key]!r} here but {found.shape[key]!r} in {source}"
-                 for key in SHAPE_FIELDS if key in given and not _same(given[key], found.shape[key])
-                 and not (key == "num_decoder_layers" and given[key] == 0)]
-    if conflicts:
-        raise ValueError("; ".join(conflicts) + " (model.init_from sets the model's shape: leave "
-                         f"{'that key' if len(conflicts) == 1 else 'those keys'} out or make them agree)")
-    shape = {key: found.shape[key] for key in (*SHAPE_FIELDS, *SOFT_FIELDS)}
-    return {**shape, **given, "preset": preset}
-
-
-def _same(given: Any, found: Any) -> bool:
-    """Whether a spec value states the checkpoint's (YAML reads ``1e-6`` as a string; pydantic would coerce it)."""
-    if isinstance(found, (int, float)) and not isinstance(found, bool):
-        try:
-            return float(given) == float(found)
-        except (TypeError, ValueError):
-            return False
-    return given == found

@@ -120,6 +120,15 @@ def spec_reference_markdown(registry: Registry | None = None) -> str:
            "A spec is YAML (or JSON). Unknown keys are errors. Override any value on the command line with",
            "`--set key.path=value` (list items as `objectives[0].weight=2`). Editors can complete specs from",
            "`plmforge schema > plmforge.schema.json`.", "",
+           "Every problem is reported at once, each as one message naming the key and its line (or the `--set`",
+           "option that set it), with a non-zero exit and no traceback. Refused in any spec: unknown keys, floats",
+           "that are not finite (`.inf`, `.nan`, JSON `Infinity`), empty strings, a key given twice in one mapping,",
+           "nesting deeper than 100 levels, and a file that is not UTF-8 text. `plmforge validate` and",
+           "`plmforge train` also check the spec against this machine, so validate refuses what train would:",
+           "every file it names exists and is a regular file (`~` is expanded; relative paths are taken from the",
+           "working directory; a named pipe is refused), a CUDA device it names is present, and `output_dir` can",
+           "be created and written. A plugin marks its own file options for that check with",
+           "`Annotated[str, plmforge.core.strict.checked_path(file_problem)]`.", "",
            "## Top level", "", header]
     out += _field_rows(Spec, "", only=("name", "seed", "output_dir"))
     for key, model in (("data", DataConfig), ("model", ModelConfig), ("training", TrainingConfig),

@@ -8,28 +8,57 @@ probabilities[1]``) and, for files, its line; unknown keys come with a did-you-m
 
 from __future__ import annotations
 
-import json
+import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from plmforge.core.errors import SpecError
 from plmforge.core.model_config import ModelConfig
-from plmforge.core.strict import StrictModel, unknown_key_message
+from plmforge.core.spec_text import decode_spec_bytes, parse_spec_text
+from plmforge.core.strict import (
+    CHECK_MACHINE,
+    StrictModel,
+    checked_path,
+    checks_machine,
+    file_problem,
+    unknown_key_message,
+)
+
+#: Seeds feed numpy, PyTorch and JAX alike; JAX (without 64-bit mode) takes at most a signed 32-bit seed.
+MAX_SEED = 2**31 - 1
+BUILTIN_PREFIX = "builtin:"
+
+
+def _data_file_problem(text: str) -> str | None:
+    """A FASTA source on this machine: a built-in corpus is checked by its field, a path must be a file."""
+    return None if text.startswith(BUILTIN_PREFIX) else file_problem(text)
+
+
+DataPath = Annotated[str, checked_path(_data_file_problem)]
 
 
 # -- sections ---------------------------------------------------------------------------------------
 class DataConfig(StrictModel):
     """Where proteins come from and how they are cut."""
 
-    source: str = Field(
+    source: DataPath = Field(
         "builtin:scl2205",
         description="'builtin:scl2205' (19,074 UniProt proteins with a homology-reduced split) or a FASTA "
                     "file (plain or .gz), relative to the working directory.")
-    validation_source: str | None = Field(
+    validation_source: DataPath | None = Field(
         None, description="FASTA file for validation; when omitted a FASTA source holds out validation_fraction.")
     validation_fraction: float = Field(
         0.05, gt=0.0, lt=1.0, description="Share of a FASTA source held out for validation (by sequence hash).")
@@ -39,6 +68,19 @@ class DataConfig(StrictModel):
     on_invalid: Literal["error", "skip"] = Field(
         "error", description="Letters outside the vocabulary: stop with an error naming file and record, or "
                              "skip the record and count it.")
+
+    @field_validator("source", "validation_source")
+    @classmethod
+    def _known_corpus(cls, value: str | None) -> str | None:
+        """An unknown built-in corpus is an error on every machine (found here, not when training starts)."""
+        if value is not None and value.startswith(BUILTIN_PREFIX):
+            from plmforge.core.data.sources import BUILTIN_CORPORA
+
+            name = value[len(BUILTIN_PREFIX):]
+            if name not in BUILTIN_CORPORA:
+                raise ValueError(f"unknown built-in corpus {value!r}; available: "
+                                 f"{', '.join(BUILTIN_PREFIX + n for n in sorted(BUILTIN_CORPORA))}")
+        return value
 
 
 class BatchSize(StrictModel):
@@ -56,10 +98,11 @@ class BatchSize(StrictModel):
 
 class OptimizerConfig(StrictModel):
     name: Literal["adamw", "adafactor"] = Field("adamw", description="AdamW, or Adafactor as Ankh used.")
-    lr: float = Field(1e-3, gt=0, description="Peak learning rate (reached after warmup).")
-    weight_decay: float = Field(0.0, ge=0, description="Decoupled weight decay.")
-    betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas (Adafactor uses beta2 decay).")
-    eps: float = Field(1e-8, gt=0, description="AdamW epsilon.")
+    lr: float = Field(1e-3, gt=0, le=1.0, description="Peak learning rate (reached after warmup); at most 1.")
+    weight_decay: float = Field(0.0, ge=0, le=1.0, description="Decoupled weight decay, 0 to 1.")
+    betas: tuple[Annotated[float, Field(ge=0.0, lt=1.0)], Annotated[float, Field(ge=0.0, lt=1.0)]] = Field(
+        (0.9, 0.999), description="AdamW betas, each in [0, 1) (Adafactor uses beta2 decay).")
+    eps: float = Field(1e-8, gt=0, le=1.0, description="AdamW epsilon, above 0 and at most 1.")
 
 
 class ScheduleConfig(StrictModel):
@@ -132,20 +175,23 @@ class BackendSection(PluginSection):
 class ObjectiveSection(PluginSection):
     """One ``objectives:`` item. ``name``, ``weight`` and ``label`` are the host's; the rest is the plugin's."""
 
-    name: str = Field(description="Objective plugin name (see `plmforge plugins`).")
+    name: str = Field(min_length=1, description="Objective plugin name (see `plmforge plugins`).")
     weight: float = Field(
-        1.0, gt=0, description="Weight of this objective's mean loss in the total loss ('sum' mixing), or its "
-                               "relative sampling rate ('sample' mixing).")
+        1.0, gt=0, allow_inf_nan=False,
+        description="Weight of this objective's mean loss in the total loss ('sum' mixing), or its relative "
+                    "sampling rate ('sample' mixing).")
     label: str | None = Field(
-        None, description="Name used in metric keys; defaults to the plugin name (must be unique in a spec).")
+        None, min_length=1,
+        description="Name used in metric keys; defaults to the plugin name (must be unique in a spec).")
 
 
 class TaskSection(PluginSection):
     """One ``tasks:`` item. ``name`` and ``label`` are the host's; the rest is the task plugin's."""
 
-    name: str = Field(description="Task plugin name (see `plmforge plugins`).")
+    name: str = Field(min_length=1, description="Task plugin name (see `plmforge plugins`).")
     label: str | None = Field(
-        None, description="Name used in run names and metric keys; defaults to the plugin name (unique in a spec).")
+        None, min_length=1,
+        description="Name used in run names and metric keys; defaults to the plugin name (unique in a spec).")
 
 
 class EvaluationConfig(StrictModel):
@@ -168,8 +214,10 @@ class Spec(StrictModel):
     """A whole run: data, model, backend, objectives, training, tracking, downstream tasks."""
 
     name: str = Field(description="Run name; used for the output directory and the MLflow run name.")
-    seed: int = Field(0, description="Seeds weights, data order, masking and dropout.")
-    output_dir: str = Field("runs/{name}", description="Where checkpoints and the resolved spec go ({name} expands).")
+    seed: int = Field(0, ge=0, le=MAX_SEED, description=f"Seeds weights, data order, masking and dropout "
+                                                         f"(0 to {MAX_SEED}, which every backend accepts).")
+    output_dir: str = Field("runs/{name}", description="Where checkpoints and the resolved spec go ({name} expands). "
+                                                       "`plmforge validate` checks that it can be created here.")
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     backend: BackendSection = Field(default_factory=BackendSection)
@@ -179,6 +227,29 @@ class Spec(StrictModel):
     tasks: list[TaskSection] = Field(
         default_factory=list, description="Downstream tasks run after pretraining (and by `plmforge evaluate`).")
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+
+    @field_validator("name")
+    @classmethod
+    def _printable_name(cls, value: str) -> str:
+        if any(ord(ch) < 32 or ch == "\x7f" for ch in value):
+            raise ValueError("the name holds a control character (e.g. a NUL byte); use printable characters")
+        problem = _path_name_problem(value)  # it names the output directory (and MLflow's run)
+        if problem:
+            raise ValueError(problem)
+        return value
+
+    @field_validator("output_dir")
+    @classmethod
+    def _usable_output_dir(cls, value: str, info: ValidationInfo) -> str:
+        """A directory name the file system takes; for this machine also one that can be created and written."""
+        name = info.data.get("name")
+        path = Path(value.replace("{name}", name) if isinstance(name, str) else value)
+        problem = _path_name_problem(str(path))
+        if problem is None and checks_machine(info):
+            problem = _output_dir_problem(path)
+        if problem:
+            raise ValueError(problem)
+        return value
 
     @model_validator(mode="after")
     def _labels_unique(self) -> Spec:
@@ -208,47 +279,99 @@ class Spec(StrictModel):
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
 
+def _path_name_problem(path: str) -> str | None:
+    """Why ``path`` cannot name a directory on any usual file system (NUL byte, over-long component), or None."""
+    if "\x00" in path:
+        return f"{path!r} holds a NUL byte"
+    too_long = [part for part in Path(path).parts if len(os.fsencode(part)) > 255]
+    if too_long:
+        return (f"{path[:60]!r}... has a path component of {len(os.fsencode(too_long[0]))} bytes; file systems allow "
+                f"255 (shorten 'name' or 'output_dir')")
+    return None
+
+
+def _output_dir_problem(path: Path) -> str | None:
+    """Why the run could not create or write ``path`` on this machine, or None."""
+    try:
+        if path.exists() and not path.is_dir():
+            return f"{path} exists and is not a directory"
+        existing = path
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        if not existing.is_dir():
+            return f"{existing} is a file, so {path} cannot be created below it"
+        if not os.access(existing, os.W_OK | os.X_OK):
+            return f"{existing} is not writable, so {path} cannot be {'written' if existing == path else 'created'}"
+    except OSError as exc:
+        return f"{path}: {exc.strerror or exc}"
+    return None
+
+
 # -- loading -----------------------------------------------------------------------------------------
 def read_spec_file(path: str | Path) -> tuple[dict[str, Any], str]:
-    """Raw mapping and text of a YAML or JSON spec file (never unpickles: yaml.safe_load)."""
+    """Raw mapping and text of a YAML or JSON spec file (never unpickles; see :mod:`plmforge.core.spec_text`)."""
     path = Path(path)
     if not path.is_file():
         raise SpecError(f"{path}: spec file not found")
-    text = path.read_text(encoding="utf-8")
     try:
-        raw = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (yaml.YAMLError, json.JSONDecodeError) as exc:
-        raise SpecError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {exc}") from None
+        data = path.read_bytes()
+    except OSError as exc:
+        raise SpecError(f"{path}: cannot read the spec file: {exc.strerror or exc}") from None
+    text = decode_spec_bytes(data, str(path))
+    raw = parse_spec_text(text, str(path), is_json=path.suffix.lower() == ".json")
     if not isinstance(raw, dict):
         raise SpecError(f"{path}: a spec must be a mapping of sections (name, data, model, objectives, ...)")
     return raw, text
 
 
-def load_spec(path: str | Path, overrides: list[str] = (), registry: Any = None, resolve: bool = True) -> Spec:
-    """Read, override, validate and (by default) resolve plugin options of a spec file."""
+def load_spec(path: str | Path, overrides: list[str] = (), registry: Any = None, resolve: bool = True,
+              check_machine: bool = False) -> Spec:
+    """Read, override, validate and (by default) resolve plugin options of a spec file.
+
+    ``check_machine`` also checks what the run needs from this machine (files it reads, devices, a
+    writable output directory): ``plmforge validate`` and ``plmforge train`` ask for it.
+    """
     raw, text = read_spec_file(path)
-    apply_overrides(raw, overrides)
-    return validate_spec(raw, source=str(path), text=text if not overrides else None,
-                         registry=registry, resolve=resolve)
+    overridden = apply_overrides(raw, overrides)
+    return validate_spec(raw, source=str(path), text=text, registry=registry, resolve=resolve,
+                         overridden=overridden, check_machine=check_machine)
 
 
 def validate_spec(raw: dict[str, Any], source: str = "<spec>", text: str | None = None,
-                  registry: Any = None, resolve: bool = True) -> Spec:
-    """Validate host sections and (if ``resolve``) each plugin's options; report every error at once."""
+                  registry: Any = None, resolve: bool = True, overridden: dict[tuple, str] | None = None,
+                  check_machine: bool = False) -> Spec:
+    """Validate host sections and (if ``resolve``) each plugin's options; report every error at once.
+
+    ``overridden`` maps key paths set by ``--set`` to their option text, so their errors name the
+    option rather than a line of ``text``.
+    """
     from plmforge.core.registry import Registry
 
     registry = registry or Registry()
+    where = _Locator(source, text, overridden or {})
+    context = {CHECK_MACHINE: check_machine}
     errors: list[str] = []
     spec = None
+    model = raw.get("model") if isinstance(raw, dict) else None
+    if isinstance(model, dict) and model.get("init_from") is not None:  # the shape is the checkpoint's
+        from plmforge.core.build import resolved_model_section
+
+        try:
+            raw = {**raw, "model": resolved_model_section(model)}
+        except SpecError as exc:
+            errors.append(f"{where(('model',))}model: {exc}")
     try:
-        spec = Spec.model_validate(raw)
+        spec = Spec.model_validate(raw, context=context)
     except ValidationError as exc:
-        errors += _error_lines(exc, source, text)
+        errors += _error_lines(exc, where)
     if resolve:
         sections = spec_plugin_sections(spec, raw)
         for loc, kind, name, options, section in sections:
-            plugin, config, problems = _validate_plugin(registry, loc, kind, name, options, source, text)
+            plugin, config, problems = _validate_plugin(registry, loc, kind, name, options, where, context)
             errors += problems
+            problem = prefix_problem(getattr(config, "prefix", None))
+            if problem:
+                errors.append(f"{where((*loc, 'prefix'))}{format_loc((*loc, 'prefix'))}: {problem}")
             if section is not None and config is not None:
                 section._config, section._plugin = config, plugin
                 section.__pydantic_extra__ = config.model_dump(mode="json")
@@ -287,30 +410,50 @@ def spec_plugin_sections(spec: Spec | None, raw: dict[str, Any]) -> list[tuple]:
     return out
 
 
-def _validate_plugin(registry: Any, loc: tuple, kind: str, name: str, options: dict[str, Any], source: str,
-                     text: str | None) -> tuple[Any, Any, list[str]]:
+def prefix_problem(prefix: Any) -> str | None:
+    """Why a task prefix (an objective's or a task's ``prefix``) cannot be a token of its own, or None.
+
+    It becomes one new vocabulary token, so it may be neither a residue letter nor a token the base
+    vocabulary already has, nor hold white space (a tokenizer would split it).
+    """
+    from plmforge.core.vocab import EOS, PAD, RESIDUES, UNK
+
+    if not isinstance(prefix, str):
+        return None
+    if prefix != prefix.strip() or any(ch.isspace() for ch in prefix):
+        return f"prefix {prefix!r} holds white space; a prefix is one token, e.g. '[NLU]'"
+    if prefix.upper() in RESIDUES and len(prefix) == 1:
+        return f"prefix {prefix!r} is a residue letter; use a token such as '[NLU]'"
+    if prefix in (PAD, EOS, UNK) or prefix.startswith("<extra_id_"):
+        return f"prefix {prefix!r} is a special token of the base vocabulary; use a token such as '[NLU]'"
+    return None
+
+
+def _validate_plugin(registry: Any, loc: tuple, kind: str, name: str, options: dict[str, Any], where: _Locator,
+                     context: dict[str, Any]) -> tuple[Any, Any, list[str]]:
     from plmforge.core.errors import PluginError
 
     try:
         plugin = registry.load(kind, name)
     except PluginError as exc:
-        return None, None, [f"{_where(source, text, (*loc, 'name'))}{format_loc((*loc, 'name'))}: {exc}"]
+        return None, None, [f"{where((*loc, 'name'))}{format_loc((*loc, 'name'))}: {exc}"]
     try:
-        return plugin, plugin.Config.model_validate(options), []
+        return plugin, plugin.Config.model_validate(options, context=context), []
     except ValidationError as exc:
-        return plugin, None, _error_lines(exc, source, text, prefix=loc)
+        return plugin, None, _error_lines(exc, where, prefix=loc)
 
 
-def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> None:
-    """Apply ``--set a.b[0].c=value`` overrides in place; values are parsed as YAML scalars/flows."""
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[tuple, str]:
+    """Apply ``--set a.b[0].c=value`` overrides in place; values are parsed as YAML scalars/flows.
+
+    Returns each overridden key path with its option text (for error messages).
+    """
+    overridden: dict[tuple, str] = {}
     for item in overrides:
         if "=" not in item:
             raise SpecError(f"--set {item!r}: expected KEY=VALUE, e.g. training.steps=200")
         key, value_text = item.split("=", 1)
-        try:
-            value = yaml.safe_load(value_text) if value_text.strip() else ""
-        except yaml.YAMLError as exc:
-            raise SpecError(f"--set {item!r}: value is not valid YAML: {exc}") from None
+        value = parse_spec_text(value_text, f"--set {item!r}: value", is_json=False) if value_text.strip() else ""
         parts = _parse_path(key, item)
         node: Any = raw
         for depth, part in enumerate(parts[:-1]):
@@ -319,9 +462,13 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> None:
         if isinstance(last, int):
             if not isinstance(node, list) or not -len(node) <= last < len(node):
                 raise SpecError(f"--set {item!r}: {format_loc(tuple(parts))} does not exist")
+            if last < 0:
+                parts[-1] = last + len(node)
         elif not isinstance(node, dict):
             raise SpecError(f"--set {item!r}: {format_loc(tuple(parts[:-1]))} is not a mapping")
         node[last] = value
+        overridden[tuple(parts)] = item
+    return overridden
 
 
 _TOKEN = re.compile(r"([^.\[\]]+)|\[(-?\d+)\]")
@@ -367,14 +514,22 @@ def format_loc(loc: tuple[Any, ...]) -> str:
     return out or "(top level)"
 
 
-def format_validation_error(exc: ValidationError, source: str, text: str | None,
-                            prefix: tuple[Any, ...] = ()) -> str:
-    lines = _error_lines(exc, source, text, prefix)
-    header = f"{source}: invalid spec ({len(lines)} error{'s' if len(lines) > 1 else ''})"
-    return header + "\n  " + "\n  ".join(lines)
+class _Locator:
+    """Where a key path is: ``line N: `` of the spec text, or ``--set KEY=VALUE: `` when an override set it."""
+
+    def __init__(self, source: str, text: str | None, overridden: dict[tuple, str]):
+        self.source, self.text, self.overridden = source, text, overridden
+        self._tree: Any = _compose(text) if text else None
+
+    def __call__(self, loc: tuple[Any, ...]) -> str:
+        for path, item in self.overridden.items():
+            if tuple(loc[: len(path)]) == path:
+                return f"--set {item}: "
+        line = _line_of(self._tree, loc) if self._tree is not None else None
+        return f"line {line}: " if line else ""
 
 
-def _error_lines(exc: ValidationError, source: str, text: str | None, prefix: tuple[Any, ...] = ()) -> list[str]:
+def _error_lines(exc: ValidationError, where: _Locator, prefix: tuple[Any, ...] = ()) -> list[str]:
     lines = []
     for err in exc.errors(include_url=False):
         loc = (*prefix, *err["loc"])
@@ -387,21 +542,23 @@ def _error_lines(exc: ValidationError, source: str, text: str | None, prefix: tu
             line_loc = (*loc, err.get("ctx", {}).get("key"))
         elif err["type"] == "missing":
             message = "required key is missing"
-        lines.append(f"{_where(source, text, line_loc)}{format_loc(loc)}: {message}")
+        elif err["type"] == "invalid_key" and loc:  # e.g. `1: x`: YAML reads the key as a number
+            message = f"key {loc[-1]!r} is not a name; keys are names such as 'steps'"
+            line_loc, loc = (*loc[:-1], str(loc[-1])), loc[:-1]
+        lines.append(f"{where(line_loc)}{format_loc(loc)}: {message}")
     return lines
 
 
-def _where(source: str, text: str | None, loc: tuple[Any, ...]) -> str:
-    line = _line_of(text, loc) if text else None
-    return f"line {line}: " if line else ""
-
-
-def _line_of(text: str, loc: tuple[Any, ...]) -> int | None:
-    """1-based line of the deepest YAML node along ``loc`` (best effort; None if unknown)."""
+def _compose(text: str) -> Any:
+    """The YAML node tree of ``text`` (JSON is YAML too, nearly always), or None when it cannot be composed."""
     try:
-        node = yaml.compose(text)
-    except yaml.YAMLError:
+        return yaml.compose(text, Loader=yaml.SafeLoader)
+    except (yaml.YAMLError, RecursionError):
         return None
+
+
+def _line_of(node: Any, loc: tuple[Any, ...]) -> int | None:
+    """1-based line of the deepest YAML node along ``loc`` (best effort; None if unknown)."""
     line = None
     for part in loc:
         if isinstance(node, yaml.MappingNode):

@@ -10,9 +10,10 @@ Rules applied to every record:
   its header, its id and the bad letters, or with ``on_invalid="skip"`` is skipped and counted
   (``skipped_invalid``).
 
-Text before the first header, a missing or unreadable file, a corrupt compressed file and a file
-without records are :class:`DataError` too. The file is read in large blocks and each record is
-processed with a few C-level bytes operations, so 10^6 records take seconds.
+Text before the first header, a missing or unreadable file, a named pipe or device (reading one may
+never end), a corrupt compressed file and a file without records are :class:`DataError` too. The file
+is read in large blocks and each record is processed with a few C-level bytes operations, so 10^6
+records take seconds.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import bz2
 import gzip
 import lzma
 import os
+import stat
 import zlib
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -140,6 +142,9 @@ class _opened:
 
     def __enter__(self) -> IO[bytes]:
         try:
+            if not stat.S_ISREG(self.path.stat().st_mode) and not self.path.is_dir():
+                raise DataError(f"{self.shown}: not a regular file (a named pipe, socket or device, whose reading "
+                                f"may never end); give a FASTA file")
             with open(self.path, "rb") as probe:
                 head = probe.read(6)
             if head.startswith(_ZSTD_MAGIC):

@@ -234,6 +234,36 @@ def iter_msa_files(
             yield from _path_files(path, text)
 
 
+def msa_source_problem(source: str) -> str | None:
+    """Why one MSA source (see :func:`iter_msa_files`) names nothing readable here, or None; reads no MSA.
+
+    Lets ``plmforge validate`` find a missing file, an empty pattern or an unknown built-in set before
+    a run starts (relative paths are taken from the working directory, as the run takes them).
+    """
+    if source.startswith(BUILTIN_PREFIX):
+        name = source[len(BUILTIN_PREFIX) :]
+        if name not in BUILTIN_MSAS:
+            available = ", ".join(f"{BUILTIN_PREFIX}{n}" for n in sorted(BUILTIN_MSAS))
+            return f"unknown built-in MSA set {source!r}; available: {available}"
+        if not resources.files("plmforge.core.data").joinpath("corpora", BUILTIN_MSAS[name]).is_file():
+            return f"built-in MSA set {source!r} is not installed; give MSA files instead"
+        return None
+    path = Path(source).expanduser()
+    if any(ch in source for ch in "*?["):
+        if not any(Path(m).is_dir() or _is_msa_or_tar(m) for m in glob.iglob(str(path), recursive=True)):
+            return f"the pattern {source!r} matches no MSA file (looked for {path.absolute()})"
+        return None
+    if path.is_dir():
+        if not any(p.is_file() and format_from_name(p.name) is not None for p in path.iterdir()):
+            return f"directory {source!r} holds no MSA files (suffixes {', '.join(sorted(FORMAT_SUFFIXES))})"
+        return None
+    if not path.exists():
+        return f"MSA file {source!r} not found (looked at {path.absolute()})"
+    if not path.is_file():
+        return f"{source!r} is not a regular file (a named pipe, socket or device); give an MSA file"
+    return None
+
+
 def iter_alignment_sources(
     sources: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
     base_dir: str | os.PathLike[str] | None = None,
@@ -406,6 +436,8 @@ def _builtin_files(name: str) -> Iterator[tuple[str, bytes]]:
 
 
 def _read_file(path: Path, shown: str) -> bytes:
+    if path.exists() and not path.is_dir() and not path.is_file():
+        raise DataError(f"{shown}: not a regular file (a named pipe, socket or device); give an MSA file")
     try:
         return path.read_bytes()
     except FileNotFoundError:

@@ -21,7 +21,7 @@ import gzip
 import io
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 from pydantic import Field, model_validator
@@ -29,11 +29,14 @@ from pydantic import Field, model_validator
 from plmforge.core.data.sources import validation_mask
 from plmforge.core.errors import DataError
 from plmforge.core.heads import IGNORE
+from plmforge.core.strict import checked_path, file_problem
 from plmforge.core.task import Task, TaskConfig, TaskData, TaskSplit
 
 SPLIT_NAMES = {"train": "train", "training": "train", "validation": "validation", "valid": "validation",
                "val": "validation", "dev": "validation", "test": "test", "testing": "test"}
 _RESIDUES = re.compile(r"^[A-Za-z]+$")
+#: A task file, checked to exist when a spec is validated for this machine (validate, train).
+TaskFile = Annotated[str, checked_path(file_problem)]
 
 
 class CustomTaskConfig(TaskConfig):
@@ -41,11 +44,11 @@ class CustomTaskConfig(TaskConfig):
     target: Literal["classification", "regression"] = Field(
         "classification", description="Classes (accuracy, macro-F1; MCC and AUROC for two classes) or values "
                                       "(Spearman, Pearson, MSE).")
-    train: str | None = Field(None, description="Training file (CSV/TSV or FASTA, plain or .gz).")
-    validation: str | None = Field(
+    train: TaskFile | None = Field(None, description="Training file (CSV/TSV or FASTA, plain or .gz).")
+    validation: TaskFile | None = Field(
         None, description="Validation file; when omitted, validation_fraction of train is held out by sequence hash.")
-    test: str | None = Field(None, description="Test file.")
-    data: str | None = Field(None, description="One CSV/TSV holding every split, told apart by split_column "
+    test: TaskFile | None = Field(None, description="Test file.")
+    data: TaskFile | None = Field(None, description="One CSV/TSV holding every split, told apart by split_column "
                                                "(instead of train/validation/test).")
     split_column: str = Field("split", description="Column naming the split (train, validation/valid/val, test).")
     sequence_column: str = Field("sequence", description="CSV column with the protein sequence.")
@@ -119,7 +122,7 @@ class CustomTask(Task):
         return out
 
     def _read(self, name: str, with_split: bool = False) -> list[tuple[Row, str]]:
-        path = Path(name)
+        path = Path(name).expanduser()
         if not path.is_file():
             raise DataError(f"{name}: task file not found")
         suffixes = [s.lower() for s in path.suffixes if s.lower() != ".gz"]
