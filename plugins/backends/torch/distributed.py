@@ -64,7 +64,12 @@ def join(kind: str, device_name: str) -> tuple[ProcessGroup, torch.device]:
 
 
 def _leave() -> None:
+    """Leave together: a process that tore down its gloo group while another still worked (rank 0 runs
+    the downstream tasks alone) sometimes aborted in gloo's threads ("terminate called without an
+    active exception"), failing the whole torchrun."""
     if dist.is_initialized():
+        with contextlib.suppress(Exception):  # a peer that already died: nothing left to wait for
+            dist.barrier()
         dist.destroy_process_group()
 
 
