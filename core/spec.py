@@ -47,17 +47,32 @@ def _data_file_problem(text: str) -> str | None:
     return None if text.startswith(BUILTIN_PREFIX) else file_problem(text)
 
 
+def _data_source_problem(text: str) -> str | None:
+    """Like a FASTA source, but a directory must be a complete prepared corpus (holding its manifest)."""
+    path = Path(text).expanduser()
+    if text.startswith(BUILTIN_PREFIX) or not path.is_dir():
+        return _data_file_problem(text)
+    from plmforge.core.data.corpus import MANIFEST
+
+    if not (path / MANIFEST).is_file():
+        return (f"directory {text!r} holds no {MANIFEST}: not a complete prepared corpus (was `plmforge prepare` "
+                "interrupted?); give a FASTA file or a corpus made by `plmforge prepare`")
+    return None
+
+
 DataPath = Annotated[str, checked_path(_data_file_problem)]
+DataSourcePath = Annotated[str, checked_path(_data_source_problem)]
 
 
 # -- sections ---------------------------------------------------------------------------------------
 class DataConfig(StrictModel):
     """Where proteins come from and how they are cut."""
 
-    source: DataPath = Field(
+    source: DataSourcePath = Field(
         "builtin:scl2205",
-        description="'builtin:scl2205' (19,074 UniProt proteins with a homology-reduced split) or a FASTA "
-                    "file (plain or .gz), relative to the working directory.")
+        description="'builtin:scl2205' (19,074 UniProt proteins with a homology-reduced split), a FASTA "
+                    "file (plain or .gz) or a corpus directory made by `plmforge prepare`, relative to the "
+                    "working directory.")
     validation_source: DataPath | None = Field(
         None, description="FASTA file for validation; when omitted a FASTA source holds out validation_fraction.")
     validation_fraction: float = Field(

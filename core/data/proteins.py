@@ -25,7 +25,7 @@ class ProteinSet:
     location) are lists of ``str`` with one entry per protein.
     """
 
-    __slots__ = ("_letters", "labels", "names", "offsets", "residues", "vocab")
+    __slots__ = ("_lengths", "_letters", "labels", "names", "offsets", "residues", "vocab")
 
     def __init__(
         self,
@@ -54,6 +54,7 @@ class ProteinSet:
         self.labels: list[str] | None = labels
         self.vocab = vocab if vocab is not None else Vocab()
         self._letters: np.ndarray | None = None
+        self._lengths: np.ndarray | None = None
 
     # -- construction --------------------------------------------------------------------------
     @classmethod
@@ -100,6 +101,39 @@ class ProteinSet:
         return cls(residues, offsets, names, labels, vocab)
 
     @classmethod
+    def mapped(
+        cls,
+        residues: np.ndarray,
+        offsets: np.ndarray,
+        lengths: np.ndarray,
+        names: Sequence[str],
+        labels: Sequence[str] | None = None,
+        vocab: Vocab | None = None,
+    ) -> ProteinSet:
+        """A set over arrays that stay on disk (e.g. ``np.load(..., mmap_mode="r")``) and lazy name columns.
+
+        Made for a prepared corpus whose files were size-checked against its manifest: only O(1) checks
+        run here, so opening a corpus of any size reads no residues and builds no per-protein objects.
+        ``names``/``labels`` are kept as given (any read-only sequence); ``lengths`` (``int32``) is kept
+        and returned by :attr:`lengths`.
+        """
+        if residues.dtype != np.uint8 or offsets.dtype != np.int64 or lengths.dtype != np.int32:
+            raise ValueError("mapped arrays must be uint8 residues, int64 offsets and int32 lengths")
+        if residues.ndim != 1 or offsets.ndim != 1 or lengths.shape != (offsets.size - 1,):
+            raise ValueError("residues, offsets and lengths must be 1-D, offsets one longer than lengths")
+        if len(names) != lengths.size or (labels is not None and len(labels) != lengths.size):
+            raise ValueError(f"{len(names)} names / {None if labels is None else len(labels)} labels "
+                             f"for {lengths.size} proteins")
+        if offsets[0] != 0 or offsets[-1] != residues.size:
+            raise ValueError("offsets must start at 0 and end at len(residues)")
+        proteins = cls.__new__(cls)
+        proteins.residues, proteins.offsets, proteins._lengths = residues, offsets, lengths
+        proteins.names, proteins.labels = names, labels  # type: ignore[assignment]
+        proteins.vocab = vocab if vocab is not None else Vocab()
+        proteins._letters = None
+        return proteins
+
+    @classmethod
     def empty(cls, vocab: Vocab | None = None, with_labels: bool = False) -> ProteinSet:
         return cls(np.zeros(0, np.uint8), np.zeros(1, np.int64), [], [] if with_labels else None, vocab)
 
@@ -115,7 +149,9 @@ class ProteinSet:
 
     @property
     def lengths(self) -> np.ndarray:
-        """Residues per protein (``int64``; ``</s>`` not counted)."""
+        """Residues per protein (``</s>`` not counted): ``int64``, or the stored ``int32`` of a mapped set."""
+        if self._lengths is not None:
+            return self._lengths
         return np.diff(self.offsets)
 
     @property
@@ -170,9 +206,19 @@ class ProteinSet:
         ends = (starts + lengths).tolist()
         pieces = [self.residues[a:b] for a, b in zip(starts.tolist(), ends)]
         residues = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.uint8)
-        names = [self.names[i] for i in idx.tolist()]
-        labels = None if self.labels is None else [self.labels[i] for i in idx.tolist()]
+        names = _take(self.names, idx)
+        labels = None if self.labels is None else _take(self.labels, idx)
         return ProteinSet(residues, offsets, names, labels, self.vocab)
+
+
+def _take(values: Sequence[str], idx: np.ndarray) -> list[str]:
+    """``values`` at ``idx`` as a list; a lazy column (with ``take``) converts only the chosen items."""
+    if isinstance(values, list):
+        return [values[i] for i in idx.tolist()]
+    take = getattr(values, "take", None)
+    if take is not None:
+        return list(take(idx))
+    return [values[i] for i in idx.tolist()]
 
 
 def _record_error(vocab: Vocab, sequence: str | bytes, index: int, name: str) -> InvalidSequenceError:

@@ -5,12 +5,16 @@
 
 - ``source: builtin:NAME`` loads a corpus shipped in ``plmforge/core/data/corpora`` with its own
   ``train`` / ``validation`` / ``test`` split (``validation_fraction`` is not used);
-- ``source: PATH`` reads a FASTA file (plain or compressed). Without ``validation_source``,
+- ``source: CORPUS_DIR`` opens a prepared corpus (``plmforge prepare``, see :mod:`.corpus`): its
+  splits are memory-mapped, so a run starts at once whatever the corpus's size, and its counts come
+  from its manifest (``validation_fraction`` is not used: the split was made by ``prepare``);
+- ``source: PATH`` reads a FASTA file (plain or compressed) whole into memory at every start; above
+  :data:`LARGE_FASTA_BYTES` it warns to prepare a corpus instead. Without ``validation_source``,
   ``validation_fraction`` of it is held out by a hash of each *sequence* (CRC-32 of the upper-case
   letters), so identical sequences always land in the same split and the split does not depend on
   the order of the file;
-- ``validation_source: PATH`` gives the validation proteins explicitly (for a built-in corpus too,
-  replacing its validation split).
+- ``validation_source: PATH`` gives the validation proteins explicitly (for a built-in or prepared
+  corpus too, replacing its validation split).
 
 Relative paths are resolved against ``base_dir`` (e.g. the spec file's folder), else the current
 directory.
@@ -29,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from plmforge.core.data.corpus import open_corpus
 from plmforge.core.data.fasta import FastaReadResult, read_fasta
 from plmforge.core.data.proteins import ProteinSet
 from plmforge.core.errors import DataError
@@ -39,6 +44,9 @@ BUILTIN_PREFIX = "builtin:"
 BUILTIN_CORPORA = {"scl2205": "scl2205.tsv.xz"}
 DEFAULT_SOURCE = "builtin:scl2205"
 SPLIT_ORDER = ("train", "validation", "test")
+#: A FASTA source bigger than this (bytes, compressed or not) draws a warning to ``plmforge prepare`` it:
+#: it is parsed and encoded in memory at every run start, where a prepared corpus opens in constant time.
+LARGE_FASTA_BYTES = 1 << 30
 
 
 @dataclass
@@ -73,10 +81,19 @@ def load_splits(
     report: dict[str, int] = {}
     origins: dict[str, str] = {}
 
+    from_corpus = False
     if source.startswith(BUILTIN_PREFIX):
         name = source[len(BUILTIN_PREFIX) :]
         splits = load_builtin(name, vocab=vocab)
         origins.update({s: f"{source} ({s})" for s in splits})
+    elif _resolve(source, base_dir).is_dir():
+        corpus = open_corpus(_resolve(source, base_dir), vocab=vocab)
+        from_corpus = True
+        splits = dict(corpus.splits)
+        report.update({k: v for k, v in corpus.report().items() if k.startswith("source.")})
+        origins.update({s: f"{source} ({s}, prepared)" for s in splits})
+        if validation_source:
+            splits.pop("validation", None)
     else:
         result = _read(source, base_dir, on_invalid, vocab)
         report.update(result.report.counts("source."))
@@ -99,8 +116,9 @@ def load_splits(
         report.update(result.report.counts("validation_source."))
         splits["validation"] = result.to_protein_set(vocab)
         origins["validation"] = validation_source
-        train_seqs = set(_sequence_bytes(splits["train"]))
-        report["validation.in_train"] = sum(s in train_seqs for s in _sequence_bytes(splits["validation"]))
+        if not from_corpus:  # a prepared corpus is not scanned at start (it may not fit in memory)
+            train_seqs = set(_sequence_bytes(splits["train"]))
+            report["validation.in_train"] = sum(s in train_seqs for s in _sequence_bytes(splits["validation"]))
 
     splits = {s: splits[s] for s in SPLIT_ORDER if s in splits}
     for split, proteins in splits.items():
@@ -152,11 +170,30 @@ def load_builtin(name: str, vocab: Vocab | None = None) -> dict[str, ProteinSet]
     return splits
 
 
-def _read(path_text: str, base_dir, on_invalid: str, vocab: Vocab) -> FastaReadResult:
+def _resolve(path_text: str, base_dir) -> Path:
     path = Path(path_text).expanduser()
     if base_dir is not None and not path.is_absolute():
         path = Path(base_dir) / path
+    return path
+
+
+def _read(path_text: str, base_dir, on_invalid: str, vocab: Vocab) -> FastaReadResult:
+    path = _resolve(path_text, base_dir)
+    warn_if_large(path)
     return read_fasta(path, on_invalid=on_invalid, vocab=vocab)
+
+
+def warn_if_large(path: Path) -> None:
+    """Warn that a FASTA file above :data:`LARGE_FASTA_BYTES` should be prepared once instead."""
+    try:
+        size = path.stat().st_size
+    except OSError:
+        return  # read_fasta reports the missing file
+    if size > LARGE_FASTA_BYTES:
+        from plmforge.core.progress import warn
+
+        warn(f"{path} is {size / 2**30:.1f} GiB of FASTA, read into memory at every run start; prepare it once "
+             f"with `plmforge prepare {path} -o CORPUS_DIR` and set data.source: CORPUS_DIR (docs/corpora.md)")
 
 
 def _sequence_bytes(proteins: ProteinSet):
