@@ -349,5 +349,62 @@ def compare(run_ids: tuple[str, ...], experiments: tuple[str, ...], runs: tuple[
         click.echo(f"wrote {plot}", err=True)
 
 
+@main.command()
+@click.argument("sources", nargs=-1, required=True, metavar="SOURCE...")
+@click.option("-o", "--output", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="The prepared corpus directory to write (use it as data.source).")
+@click.option("--sequence-column", default="sequence", show_default=True, help="Tabular inputs: the sequences.")
+@click.option("--id-column", default=None, help="Tabular inputs: protein names (default: the row number).")
+@click.option("--label-column", default=None, help="Tabular inputs: a per-protein label to keep.")
+@click.option("--cluster-column", default=None, help="Tabular inputs: a cluster id to keep (e.g. UniRef cluster).")
+@click.option("--validation-fraction", type=float, default=0.05, show_default=True,
+              help="Share held out for validation by sequence hash (identical sequences on one side).")
+@click.option("--validation-source", "validation_sources", multiple=True, metavar="FILE",
+              help="Take the validation split from these inputs instead (repeatable; globs allowed).")
+@click.option("--on-invalid", type=click.Choice(["error", "skip"]), default="error", show_default=True,
+              help="A record with letters outside the vocabulary: stop with its file/line, or skip and count it.")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Processes parsing and encoding chunks; the output is identical for any number.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing corpus directory.")
+@click.option("--verify-sources", is_flag=True,
+              help="Re-read every input at the end and check its sha256 did not change while it was read.")
+@click.option("--chunk-mb", type=click.FloatRange(min=0.01), default=16, show_default=True,
+              help="Input read per chunk; memory is a few chunks per worker.")
+@click.option("--quiet", is_flag=True, help="No progress bar or summary.")
+def prepare(sources: tuple[str, ...], output: Path, sequence_column: str, id_column: str | None,
+            label_column: str | None, cluster_column: str | None, validation_fraction: float,
+            validation_sources: tuple[str, ...], on_invalid: str, workers: int, overwrite: bool,
+            verify_sources: bool, chunk_mb: float, quiet: bool) -> None:
+    """Convert FASTA (plain/gz/xz/bz2), Parquet, CSV/TSV or a saved datasets folder into a prepared corpus.
+
+    SOURCE may be a glob (quote it); its matches are read sorted. The corpus is a directory of memory-mapped
+    numpy/Arrow files and a manifest, opened instantly by a run with data.source: OUTPUT.
+    """
+    from plmforge.core.data.prepare import prepare_corpus
+    from plmforge.core.data.readers import Columns
+
+    try:
+        done = prepare_corpus(
+            list(sources), output, validation_sources=list(validation_sources),
+            columns=Columns(sequence_column, id_column, label_column, cluster_column),
+            validation_fraction=validation_fraction, on_invalid=on_invalid, workers=workers, overwrite=overwrite,
+            verify_sources=verify_sources, chunk_bytes=int(chunk_mb * (1 << 20)), progress=not quiet)
+    except KeyboardInterrupt:
+        click.echo("interrupted; nothing was written", err=True)
+        sys.exit(130)
+    if quiet:
+        return
+    manifest = done.manifest
+    splits = ", ".join(f"{split} {n['proteins']:,} proteins ({n['residues']:,} residues)"
+                       for split, n in manifest["splits"].items())
+    rate = done.input_bytes / 1e6 / max(done.seconds, 1e-9)
+    click.echo(f"wrote {done.path}: {splits}")
+    report = manifest["report"]
+    click.echo(f"  {report['records_read']:,} records read, {report['skipped_empty']:,} empty and "
+               f"{report['skipped_invalid']:,} invalid skipped; {done.input_bytes / 1e6:,.1f} MB in "
+               f"{done.seconds:.1f} s ({rate:.1f} MB/s)")
+    click.echo(f"  train on it with data.source: {done.path}")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()
