@@ -126,6 +126,10 @@ class BackendOperations(ABC):
         over micro-batches, where ``weight_o`` is ``loss_weights[o]`` (default: the slot's weight);
         gradients are clipped to ``training.max_grad_norm``. Returns at least ``loss``, ``grad_norm``
         and ``<label>/loss`` plus each objective's metrics as ``<label>/<name>``.
+
+        ``micro_batches`` are this process's share of the step (see :meth:`data_shard`): with a
+        shard count above 1, the sums over micro-batches above, the weights' included, run over the
+        micro-batches of every process, so the step is the one a single process takes on them all.
         """
 
     @abstractmethod
@@ -179,6 +183,19 @@ class BackendOperations(ABC):
     def is_main_process(self) -> bool:
         """False on all but one process of a multi-process run; only the main one writes files and logs."""
         return True
+
+    def data_shard(self) -> tuple[int, int]:
+        """Which training micro-batches this process makes and trains: ``(index, count)``.
+
+        Each step the run loop advances every data stream by the whole global batch
+        (``training.gradient_accumulation`` micro-batches per objective) on every process, but
+        crops, masks and collates only positions ``index, index + count, ...`` and passes those to
+        :meth:`train_step`. The default ``(0, 1)``: this process makes and trains them all (one
+        process, or a multi-process backend that splits each micro-batch itself). A data-parallel
+        backend returns ``(rank, world size)`` and combines the processes' loss weights in
+        :meth:`train_step`. The count must divide ``training.gradient_accumulation``.
+        """
+        return 0, 1
 
     def single_process(self) -> Self | None:
         """This backend as the main process alone may use it (downstream tasks after training).
@@ -311,6 +328,9 @@ class LazyBackend(Backend):
 
     def is_main_process(self) -> bool:
         return self.engine.is_main_process()
+
+    def data_shard(self) -> tuple[int, int]:
+        return self.engine.data_shard()
 
     def single_process(self) -> Self | None:
         engine = self.engine.single_process()

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from plmforge.core import __version__, checkpoint
-from plmforge.core.backend import Backend, ObjectiveSlot, add_metric
+from plmforge.core.backend import Backend, MicroBatch, ObjectiveSlot, add_metric
 from plmforge.core.build import (  # the assembly layer; imported here by name so Trainer.run calls them
     build_backend,
     build_model,
@@ -317,15 +317,28 @@ class Trainer:
         with loop.stepping():
             loop.lr = rate_for(training, loop.step)
             chosen = loop.mixer.labels_for(loop.step)
-            micro = {label: [loop.train_streams[label].next() for _ in range(training.gradient_accumulation)]
-                     for label in chosen}
+            micro, residues = self._micro_batches(loop, chosen)
             metrics = loop.backend.train_step(micro, loop.lr, loop.mixer.loss_weights(chosen))
             loop.window.add_step(loop.step + 1, metrics)
             loop.window.add(loop.mixer.step_metrics(chosen))
             loop.window.steps += 1
-            loop.window.residues += sum(b.residues for batches in micro.values() for b in batches)
+            loop.window.residues += residues
             loop.step += 1
         loop.result.step = loop.step
+
+    def _micro_batches(self, loop: _Loop, chosen: list[str]) -> tuple[dict[str, list[MicroBatch]], int]:
+        """This process's micro-batches of the step for each chosen objective, and the global batch's residues.
+
+        Every stream advances by the whole global batch (``training.gradient_accumulation`` micro-batches)
+        on every process, but a process makes only the positions of its :meth:`Backend.data_shard`.
+        """
+        index, count = loop.backend.data_shard()
+        micro, residues = {}, 0
+        for label in chosen:
+            micro[label], made = loop.train_streams[label].next_share(
+                self.spec.training.gradient_accumulation, index, count)
+            residues += made
+        return micro, residues
 
     def _on_cadence(self, loop: _Loop) -> None:
         """What is due after this step: logging (progress otherwise), evaluation, a checkpoint."""
@@ -441,6 +454,8 @@ class Trainer:
             loop.tracker.log_artifact(result.checkpoint, "checkpoint")
         summary = {"step": result.step, "train": result.train_metrics, "eval": result.eval_metrics,
                    "backend": loop.backend.counters(),
+                   "examples": {"planned": sum(s.examples_planned for s in loop.train_streams.values()),
+                                "made": sum(s.examples_made for s in loop.train_streams.values())},
                    "checkpoint": str(result.checkpoint) if result.checkpoint else None}
         loop.hooks.plmforge_run_end(run=loop.info, status=status, summary=summary)
         loop.tracker.end({"finished": "FINISHED", "interrupted": "KILLED"}.get(status, "FAILED"))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from plmforge.core.data.batching import BatchPlanner, collate
+from plmforge.core.data.batching import BatchPlanner, EpochPlan, collate
 from plmforge.core.data.sources import load_builtin
 from plmforge.core.data.stream import ExampleStream, crop
 from plmforge.core.objective import Feature
@@ -119,3 +119,127 @@ def test_full_length_crops_are_padded_to_the_crop_length_not_the_next_multiple(c
     features = {"a": Feature("int32", "encoder")}
     assert collate([{"a": np.arange(137)}], features, 16, length_cap=136)["a"].shape == (1, 144)
     assert collate([{"a": np.arange(20)}], features, 16, length_cap=136)["a"].shape == (1, 32)
+
+
+# -- windowed plans (corpora of tens of millions of proteins) -----------------------------------------
+def greedy_by_tokens(padded_sorted, tokens):
+    """The token-budget cut written as the plain greedy loop: the reference the planner must match."""
+    cuts, start, n = [], 0, len(padded_sorted)
+    while start < n:
+        end = start + 1
+        while end < n and (end + 1 - start) * padded_sorted[end] <= tokens:
+            end += 1
+        cuts.append((start, end))
+        start = end
+    return cuts
+
+
+@pytest.mark.parametrize("tokens", [64, 500, 4096])
+def test_token_budget_cut_matches_the_greedy_loop(tokens):
+    rng = np.random.default_rng(tokens)
+    lengths = np.concatenate([rng.lognormal(5.5, 0.8, 3000).astype(np.int64) + 1, [5000, 1, 2]])
+    planner = BatchPlanner(max_length=1024, tokens=tokens)
+    padded = np.sort(planner.padded_lengths(lengths))
+    order = np.arange(len(padded))
+    got = [(int(b[0]), int(b[-1]) + 1) for b in planner._by_tokens(order, padded)]
+    assert got == greedy_by_tokens(padded, tokens)
+
+
+def test_a_corpus_that_fits_one_window_gets_the_whole_epoch_plan(corpus):
+    lengths = corpus["train"].lengths
+    planner = BatchPlanner(max_length=256, tokens=4096)
+    plan = EpochPlan(planner, lengths, (3, 1, 2))
+    assert plan.windows == 1
+    expected = planner.plan(lengths, np.random.default_rng([3, 1, 2]))
+    assert len(plan.batches(0)) == len(expected)
+    assert all(np.array_equal(a, b) for a, b in zip(plan.batches(0), expected))
+
+
+def test_windows_cover_each_protein_once_and_keep_the_budget(corpus):
+    lengths = corpus["train"].lengths
+    planner = BatchPlanner(max_length=256, tokens=4096)
+    plan = EpochPlan(planner, lengths, (3, 1, 0), window=1000)
+    assert plan.windows == -(-len(lengths) // 1000) > 2
+    members = [plan.members(w) for w in range(plan.windows)]
+    assert max(map(len, members)) - min(map(len, members)) <= 1  # near-equal windows
+    batches = [b for w in range(plan.windows) for b in plan.batches(w)]
+    assert sorted(np.concatenate(batches).tolist()) == list(range(len(lengths)))
+    padded = planner.padded_lengths(lengths)
+    assert all(len(b) * padded[b].max() <= 4096 or len(b) == 1 for b in batches)
+    for w in range(plan.windows):  # a window's batches hold only its own proteins
+        assert set(np.concatenate(plan.batches(w)).tolist()) == set(members[w].tolist())
+    again = EpochPlan(planner, lengths, (3, 1, 0), window=1000)
+    assert all(np.array_equal(a, b) for w in range(plan.windows) for a, b in zip(plan.batches(w), again.batches(w)))
+    other = EpochPlan(planner, lengths, (3, 1, 1), window=1000)
+    assert not np.array_equal(np.sort(other.members(0)), np.sort(members[0]))  # membership changes per epoch
+
+
+def test_small_windows_keep_the_padding_of_the_whole_epoch_plan(corpus):
+    lengths = corpus["train"].lengths
+    planner = BatchPlanner(max_length=512, pad_to_multiple=8, tokens=8192)
+    padded = planner.padded_lengths(lengths)
+    real = np.minimum(lengths, 512).sum()
+
+    def padded_share(plan):
+        batches = [b for w in range(plan.windows) for b in plan.batches(w)]
+        return 1 - real / sum(len(b) * padded[b].max() for b in batches)
+
+    whole = padded_share(EpochPlan(planner, lengths, (0, 0, 0)))
+    windowed = padded_share(EpochPlan(planner, lengths, (0, 0, 0), window=4096))
+    assert windowed < whole + 0.01 and whole < 0.1
+
+
+def test_stream_resumes_at_the_exact_example_across_windows_and_epochs(corpus):
+    proteins = corpus["validation"].subset(np.arange(300))
+
+    def stream():
+        s = make_stream(proteins)
+        s.plan_window = 64
+        return s
+
+    reference = stream()
+    batches = [reference.next() for _ in range(60)]
+    assert reference.epoch >= 1
+    for stop in (1, 9, 31, 47):
+        stopped = stream()
+        for _ in range(stop):
+            stopped.next()
+        resumed = stream()
+        resumed.load_state(stopped.state())
+        assert resumed.state() == stopped.state()
+        for expected in batches[stop:stop + 4]:
+            np.testing.assert_array_equal(resumed.next().arrays["encoder_input_ids"],
+                                          expected.arrays["encoder_input_ids"])
+
+
+def test_a_state_saved_before_windows_resumes(corpus):
+    proteins = corpus["validation"].subset(np.arange(120))
+    reference = make_stream(proteins)
+    batches = [reference.next() for _ in range(12)]
+    resumed = make_stream(proteins)
+    resumed.load_state({"epoch": reference.epoch, "position": reference.position})  # no "window"
+    fresh = make_stream(proteins)
+    fresh.load_state({"epoch": 0, "position": 5, "cropped": 0})
+    np.testing.assert_array_equal(fresh.next().arrays["encoder_input_ids"], batches[5].arrays["encoder_input_ids"])
+    assert {**resumed.state(), "cropped": 0} == {**reference.state(), "cropped": 0}
+    np.testing.assert_array_equal(resumed.next().arrays["encoder_input_ids"],
+                                  reference.next().arrays["encoder_input_ids"])
+
+
+def test_shares_of_processes_make_exactly_what_one_process_makes(corpus):
+    proteins = corpus["train"].subset(np.arange(400))
+    one = make_stream(proteins, tokens=1024)
+    shards = [make_stream(proteins, tokens=1024) for _ in range(2)]
+    for _ in range(5):
+        everything, residues = one.next_share(4)
+        shares = [stream.next_share(4, index, 2) for index, stream in enumerate(shards)]
+        assert [r for _, r in shares] == [residues, residues] == [sum(b.residues for b in everything)] * 2
+        interleaved = [shares[position % 2][0][position // 2] for position in range(4)]
+        for ours, theirs in zip(interleaved, everything):
+            for key in theirs.arrays:
+                np.testing.assert_array_equal(ours.arrays[key], theirs.arrays[key])
+            assert ours.weight == theirs.weight
+    assert shards[0].state() == shards[1].state() == one.state()  # same epoch, window, position and crops
+    assert shards[0].examples_planned == shards[1].examples_planned == one.examples_planned == one.examples_made
+    assert shards[0].examples_made + shards[1].examples_made == one.examples_made
+    assert 0 < shards[0].examples_made < one.examples_made

@@ -4,6 +4,7 @@ process trains on the same global batch, only rank 0 logs and writes, and a stop
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -30,7 +31,7 @@ pytestmark = pytest.mark.slow
 
 # Stops every process at a step as Ctrl-C would (torchrun forwards SIGINT to each of them).
 STOP_SCRIPT = textwrap.dedent("""
-    import sys
+    import json, os, sys
     from plmforge.core.hookspecs import hookimpl
     from plmforge.core.run import train
     from plmforge.core.spec import load_spec
@@ -40,6 +41,11 @@ STOP_SCRIPT = textwrap.dedent("""
         def plmforge_step_end(self, run, step, metrics):
             if step == int(sys.argv[2]):
                 raise KeyboardInterrupt
+
+        @hookimpl
+        def plmforge_run_end(self, run, status, summary):  # every process: the examples it made
+            with open(f"{sys.argv[1]}.rank{os.environ['RANK']}.json", "w") as out:
+                json.dump(summary["examples"], out)
 
     try:
         train(load_spec(sys.argv[1]), hooks=[StopAt()], show_progress=False)
@@ -98,6 +104,11 @@ def test_two_processes_match_one_and_resume_after_a_stop(single_process, kind):
     stopped = torchrun([str(script), str(spec_file), "3"], tmp_path)
     assert stopped.returncode == 0, stopped.stderr[-3000:]
     assert [p.name for p in checkpoint.list_checkpoints(tmp_path / kind)] == ["step-000003"]
+    # each process stepped over every example of the 3 steps but made (cropped, masked, collated) its share only
+    examples = [json.loads(Path(f"{spec_file}.rank{rank}.json").read_text()) for rank in (0, 1)]
+    assert examples[0]["planned"] == examples[1]["planned"] > 0
+    assert examples[0]["made"] + examples[1]["made"] == examples[0]["planned"]
+    assert all(0 < e["made"] < e["planned"] for e in examples)
 
     resumed = torchrun(["-m", "plmforge.core.cli", "train", str(spec_file), "--resume", "--no-progress"], tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]

@@ -22,16 +22,16 @@ def _raw(tmp_path, **training):
 
 def test_an_interrupt_inside_a_step_saves_nothing_half_updated(tmp_path, monkeypatch):
     """Ctrl-C while step 4 draws its batch: the stream has moved, the weights have not; no checkpoint."""
-    real_next = ExampleStream.next
+    real_make_batch = ExampleStream.make_batch
     calls = {"n": 0}
 
-    def next_batch(self):
+    def make_batch(self, *args, **kwargs):
         calls["n"] += 1
         if calls["n"] == 4:
             raise KeyboardInterrupt
-        return real_next(self)
+        return real_make_batch(self, *args, **kwargs)
 
-    monkeypatch.setattr(ExampleStream, "next", next_batch)
+    monkeypatch.setattr(ExampleStream, "make_batch", make_batch)
     with pytest.raises(KeyboardInterrupt):
         train(validate_spec(_raw(tmp_path)), show_progress=False)
     assert checkpoint.list_checkpoints(tmp_path / "run") == []

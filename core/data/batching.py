@@ -3,7 +3,13 @@
 Proteins of similar length are batched together so little compute goes to padding: each epoch the
 proteins are shuffled, stably sorted by padded length, cut into batches (by a token budget or a
 sequence count), and the batch order is shuffled. A plan depends only on (seed, stream, epoch), so a
-resumed run recomputes it and continues at the exact batch. Padding lengths are rounded up to
+resumed run recomputes it and continues at the exact batch.
+
+At UniRef50 scale (tens of millions of proteins) a whole-epoch plan would hold a permutation and
+millions of index arrays, so an epoch is planned in windows of at most :data:`PLAN_WINDOW` proteins
+(:class:`EpochPlan`): each window is shuffled, sorted, cut and its batches shuffled exactly as above,
+and only the current window's plan is in memory. A corpus that fits one window gets exactly the plan
+it always had. Padding lengths are rounded up to
 ``pad_to_multiple``, which bounds the number of distinct shapes (what compiled backends care about),
 except that a batch is never padded past the length of a full crop (``length_cap``): most training
 batches at a typical ``max_length`` are full crops, and rounding 257 tokens up to 272 would spend 6 %
@@ -12,12 +18,18 @@ of the compute on padding.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from plmforge.core.objective import Feature
+
+#: Most proteins planned together. 2**20 proteins keep a window's plan to a few tens of MB while
+#: each window still holds thousands of proteins of every common length, so length bucketing wastes
+#: no more padding than a whole-epoch plan (benchmarks/planning_scale.py measures both).
+PLAN_WINDOW = 2**20
 
 #: Tokens an objective typically adds around a protein (``</s>``, a task prefix); used for planning only.
 PLANNING_OVERHEAD = 2
@@ -70,17 +82,84 @@ class BatchPlanner:
         return batches
 
     def _by_tokens(self, order: np.ndarray, padded_sorted: np.ndarray) -> list[np.ndarray]:
-        """Greedy cut of the length-sorted order so that count × longest ≤ the token budget."""
-        batches, start = [], 0
+        """Greedy cut of the length-sorted order so that count × longest ≤ the token budget.
+
+        A batch starting at ``start`` takes protein ``j`` while ``(j + 1 - start) * padded[j] ≤ tokens``
+        (lengths ascend, so that is monotone in ``j``), i.e. while ``last_start[j] ≤ start`` with
+        ``last_start[j] = j + 1 - tokens // padded[j]``, which increases strictly: one binary search per
+        batch instead of a Python step per protein. At least one protein per batch.
+        """
         n = len(order)
+        last_start = np.arange(1, n + 1, dtype=np.int64) - self.tokens // np.asarray(padded_sorted, dtype=np.int64)
+        batches, start = [], 0
         while start < n:
-            # lengths are sorted ascending: the longest in order[start:end] is padded_sorted[end-1]
-            end = start + 1
-            while end < n and (end + 1 - start) * padded_sorted[end] <= self.tokens:
-                end += 1
+            end = max(start + 1, int(np.searchsorted(last_start, start, side="right")))
             batches.append(order[start:end])
             start = end
         return batches
+
+
+def _coprime_multiplier(n: int, rng: np.random.Generator) -> int:
+    """A random ``a`` in [1, n) with gcd(a, n) = 1: ``i -> (a*i + b) mod n`` is then a bijection of range(n)."""
+    while True:
+        a = int(rng.integers(1, n))
+        if math.gcd(a, n) == 1:
+            return a
+
+
+@dataclass
+class EpochPlan:
+    """One epoch's batches, planned one window of proteins at a time (see the module docstring).
+
+    ``key`` seeds it (e.g. ``(seed, stream, epoch)``). With ``n ≤ window`` proteins there is one window
+    and its plan is ``planner.plan(lengths, default_rng(key))``, the whole-epoch plan. Otherwise the
+    proteins are dealt into ``ceil(n / window)`` windows of near-equal size by a seeded affine
+    bijection ``i -> (a*i + b) mod n`` (no O(n) permutation array), the windows are visited in a
+    seeded order, and each window is planned with its own generator. Batches are addressed by
+    (window, position), which is what a stream saves to resume.
+    """
+
+    planner: BatchPlanner
+    lengths: np.ndarray
+    key: tuple[int, ...]
+    window: int = PLAN_WINDOW
+    windows: int = field(init=False)
+    _cached: tuple[int, list[np.ndarray]] | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        n = len(self.lengths)
+        if n == 0:
+            raise ValueError("cannot plan batches over no proteins")
+        self.windows = -(-n // self.window)
+        if self.windows > 1:
+            rng = np.random.default_rng(list(self.key))
+            self._multiplier, self._offset = _coprime_multiplier(n, rng), int(rng.integers(0, n))
+            self._order = rng.permutation(self.windows)
+
+    def members(self, window: int) -> np.ndarray:
+        """The protein indices of the ``window``-th window visited (all of them when there is one window)."""
+        n = len(self.lengths)
+        if self.windows == 1:
+            return np.arange(n)
+        slot = int(self._order[window])
+        positions = np.arange(slot * n // self.windows, (slot + 1) * n // self.windows, dtype=np.int64)
+        return (self._multiplier * positions + self._offset) % n
+
+    def batches(self, window: int) -> list[np.ndarray]:
+        """Index arrays of the ``window``-th window's batches, in training order (the last window asked is kept)."""
+        if self._cached is None or self._cached[0] != window:
+            if self.windows == 1:
+                plan = self.planner.plan(self.lengths, np.random.default_rng(list(self.key)))
+            else:
+                members = self.members(window)
+                rng = np.random.default_rng([*self.key, _WINDOW_STREAM, int(self._order[window])])
+                plan = [members[batch] for batch in self.planner.plan(self.lengths[members], rng)]
+            self._cached = (window, plan)
+        return self._cached[1]
+
+
+#: Tags window generators apart from the per-example ones seeded by (seed, stream, epoch, index).
+_WINDOW_STREAM = 0x77696E
 
 
 def collate(examples: Sequence[Mapping[str, np.ndarray]], features: Mapping[str, Feature],

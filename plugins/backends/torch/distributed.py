@@ -1,8 +1,9 @@
 """Data parallelism over the processes ``torchrun`` starts: DDP or FSDP2, gloo on CPU, NCCL on GPU.
 
-Every process runs the same run loop on the same data streams and takes its share of each step's
-micro-batches (``training.gradient_accumulation`` of them, split by rank). Gradients are summed over
-processes, so a step computes what one process computes on the whole global batch: the number of
+Every process runs the same run loop over the same data streams, but makes and trains only its share
+of each step's micro-batches (``training.gradient_accumulation`` of them, every world-size-th starting
+at its rank: the engine's ``data_shard``). The loss weights are summed over processes and gradients
+too, so a step computes what one process computes on the whole global batch: the number of
 processes changes the speed, not the training. Processes other than rank 0 neither log nor write;
 full weights and optimizer state are gathered to rank 0 for checkpoints and read by every process
 on resume, so checkpoints stay in the one format every backend reads.
@@ -13,9 +14,8 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -98,9 +98,15 @@ def wrap(model: nn.Module, group: ProcessGroup, device: torch.device, find_unuse
     return model
 
 
-def share(batches: Sequence[Any], group: ProcessGroup) -> list[Any]:
-    """This process's micro-batches of a step: every ``world_size``-th, starting at its rank."""
-    return list(batches[group.rank::group.world_size])
+def sum_weights_over_processes(weights: dict[str, float], device: torch.device) -> dict[str, float]:
+    """Each objective's loss weight summed over processes (same labels everywhere), in float64: weights are
+    token counts, so the sum is exact and every process gets the one a single process computes."""
+    names = sorted(weights)
+    if not names:
+        return weights
+    flat = torch.tensor([float(weights[name]) for name in names], dtype=torch.float64, device=device)
+    dist.all_reduce(flat)
+    return dict(zip(names, flat.cpu().tolist()))
 
 
 @contextlib.contextmanager

@@ -139,13 +139,16 @@ class TorchEngine(BackendEngine):
         metrics: StepMetrics = {}
         total = torch.zeros((), device=self.device)
         work = []  # (label, micro-batch, loss scale) this process computes
+        # each objective's weight over the whole step: the batches here are this process's data_shard
+        weights = {label: sum(b.weight for b in batches) for label, batches in micro_batches.items()}
+        if self.group is not None:
+            weights = distributed.sum_weights_over_processes(weights, self.device)
         for label, batches in micro_batches.items():
             loss_weight = self.slots[label].weight if loss_weights is None else loss_weights[label]
-            weight = sum(b.weight for b in batches)  # of the whole step, on every process
+            weight = weights[label]
             if weight <= 0:
                 continue
-            mine = distributed.share(batches, self.group) if self.group else batches
-            work.extend((label, micro, loss_weight / weight) for micro in mine)
+            work.extend((label, micro, loss_weight / weight) for micro in batches)
         # DDP and FSDP average gradients over processes; the step's gradient is their sum
         world = self.group.world_size if self.group else 1
         for i, (label, micro, scale) in enumerate(work):
@@ -295,6 +298,10 @@ class TorchEngine(BackendEngine):
 
     def is_main_process(self) -> bool:
         return self.group is None or self.group.is_main
+
+    def data_shard(self) -> tuple[int, int]:
+        """Each process makes and trains every world-size-th micro-batch, starting at its rank."""
+        return (0, 1) if self.group is None else (self.group.rank, self.group.world_size)
 
     def single_process(self) -> TorchEngine | None:
         """A copy for work the main process does alone (downstream tasks) with the full weights.
