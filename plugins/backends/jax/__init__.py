@@ -23,13 +23,17 @@ class JaxBackendConfig(BackendConfig):
         "data", description="'data': parameters replicated, batches split over devices (data parallel); "
                             "'fsdp': parameters and optimizer state split over the devices too (fully sharded).")
     multi_host: bool = Field(
-        False, description="Call jax.distributed.initialize() first, for multi-host TPU pods or GPU clusters "
-                           "(one process per host; see docs/jax-backend.md).")
+        False, description="Join the other processes of a multi-process run first (jax.distributed.initialize): "
+                           "TPU pods and SLURM are detected; elsewhere set JAX_COORDINATOR_ADDRESS, "
+                           "JAX_NUM_PROCESSES and JAX_PROCESS_ID in every process (see docs/jax-backend.md).")
     shape_growth: float = Field(
         1.0, ge=1.0, le=2.0,
         description="Extra padding of batch shapes, to compile fewer of them. 1.0 keeps the planner's shapes "
                     "(lengths already rounded to training.pad_to_multiple: the quickstart meets 19 in 600 steps); "
                     "e.g. 1.25 rounds every axis up a geometric ladder: fewer compilations, more padding.")
+
+    def for_one_process(self) -> JaxBackendConfig:
+        return self.model_copy(update={"multi_host": False})
 
     @model_validator(mode="after")
     def _gpus_present(self, info: ValidationInfo) -> JaxBackendConfig:

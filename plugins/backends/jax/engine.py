@@ -11,6 +11,7 @@ logged counter.
 
 from __future__ import annotations
 
+import copy
 import functools
 from collections.abc import Mapping
 from typing import Any
@@ -33,10 +34,17 @@ from plmforge.core.backend import (
 from plmforge.core.errors import CheckpointError, PlmforgeError
 from plmforge.core.initialization import initial_weights
 from plmforge.core.objective import DECODER_INPUT, ENCODER_INPUT, Feature
-from plmforge.plugins.backends.jax.distribution import Placement, make_mesh, select_devices, to_host
+from plmforge.plugins.backends.jax.distribution import (
+    Placement,
+    exchange_step_plan,
+    join_processes,
+    make_mesh,
+    select_devices,
+    to_host,
+)
 from plmforge.plugins.backends.jax.model import T5Model
 from plmforge.plugins.backends.jax.optimizers import make_optimizer
-from plmforge.plugins.backends.jax.shapes import pad_batch
+from plmforge.plugins.backends.jax.shapes import pad_batch, pad_to_shapes
 
 Params = dict[str, jax.Array]
 
@@ -57,8 +65,8 @@ class JaxEngine(BackendEngine):
         super().__init__(config, context)
         self.training = context.training
         if config.multi_host:  # must precede any other JAX call; the environment describes the cluster
-            jax.distributed.initialize()
-        devices = select_devices(config.platform, config.devices)
+            join_processes()
+        devices = select_devices(config.platform, config.devices, every_process=config.multi_host)
         self.placement = Placement(make_mesh(devices), config.sharding)
         self.compute_dtype = jnp.bfloat16 if self.training.precision == "bf16" else jnp.float32
         needs = context.needs
@@ -70,7 +78,7 @@ class JaxEngine(BackendEngine):
         shapes = {name: tuple(shape) for name, _, shape in flat}
         host_params = initial_weights(shapes, context.model, context.seed)  # equal on every backend
         self.param_shardings = self.placement.tree(host_params)
-        self.params: Params = jax.device_put(host_params, self.param_shardings)
+        self.params: Params = self.placement.put(host_params, self.param_shardings)
         self.optimizer = make_optimizer(self.training.optimizer, self.params)
         self.opt_shardings = self.placement.tree(jax.eval_shape(self.optimizer.init, self.params))
         self.opt_state = jax.jit(self.optimizer.init, out_shardings=self.opt_shardings)(self.params)
@@ -80,6 +88,10 @@ class JaxEngine(BackendEngine):
         self.outputs = {slot.label: slot.objective.needs().output_names() for slot in context.objectives}
         self.features = {slot.label: slot.objective.features() for slot in context.objectives}
         self._signatures: set[tuple] = set()  # distinct compiled shapes: what `compilations` counts
+        self.compile_steps()
+
+    def compile_steps(self) -> None:
+        """(Re)build the jitted step functions for this engine's shardings (a one-process copy calls it again)."""
         self._accumulate = jax.jit(self._accumulate_fn, static_argnames="label", donate_argnums=(1,))
         self._apply = jax.jit(self._apply_fn, donate_argnums=(0, 1),
                               out_shardings=(self.param_shardings, self.opt_shardings, self.placement.replicated))
@@ -148,6 +160,38 @@ class JaxEngine(BackendEngine):
         self.note_signature((kind, label, *sorted((k, v.shape, str(v.dtype)) for k, v in padded.items())))
         return self.placement.put_batch(padded)
 
+    def _global_batches(self, micro_batches: Mapping[str, list[MicroBatch]]
+                        ) -> dict[str, list[tuple[dict[str, jax.Array], float]]]:
+        """Each objective's global batches of the step, each with the weight its loss sum is normalised by.
+
+        With one data shard they are the micro-batches as given. With one shard per process (see
+        :meth:`data_shard`) the k-th global batch joins every process's k-th micro-batch, rows side by
+        side: a small host exchange gives all processes each other's weights and padded shapes, so
+        they agree on the global shapes, and each places only its own rows.
+        """
+        if self.data_shard()[1] == 1:
+            return {label: [(self._device_batch(label, micro.arrays, "train"), micro.weight) for micro in batches]
+                    for label, batches in micro_batches.items()}
+        local_rows = len(self.placement.mesh.local_devices)
+        padded = {label: [pad_batch(micro.arrays, self.features[label], local_rows, self.training.pad_to_multiple,
+                                    self.shape_growth) for micro in batches]
+                  for label, batches in micro_batches.items()}
+        weights = [micro.weight for batches in micro_batches.values() for micro in batches]
+        shapes = [[label, key, array.shape] for label, batches in padded.items() for arrays in batches
+                  for key, array in sorted(arrays.items())]
+        everyone_weights, everyone_shapes = exchange_step_plan(weights, [shape for _, _, shape in shapes])
+        largest = iter(everyone_shapes.max(axis=0).tolist())
+        totals = iter(everyone_weights.sum(axis=0).tolist())
+        joined: dict[str, list[tuple[dict[str, jax.Array], float]]] = {}
+        for label, batches in padded.items():
+            joined[label] = []
+            for arrays in batches:
+                target = {key: tuple(next(largest) for _ in array.shape) for key, array in sorted(arrays.items())}
+                local = pad_to_shapes(arrays, self.features[label], target)
+                self.note_signature(("train", label, *sorted((k, v.shape, str(v.dtype)) for k, v in local.items())))
+                joined[label].append((self.placement.put_process_rows(local), float(next(totals))))
+        return joined
+
     def train_step(self, micro_batches: Mapping[str, list[MicroBatch]], lr: float,
                    loss_weights: Mapping[str, float] | None = None) -> StepMetrics:
         metrics: StepMetrics = {}
@@ -155,19 +199,18 @@ class JaxEngine(BackendEngine):
         total = jnp.zeros((), jnp.float32)
         step_key = jax.random.fold_in(self.dropout_key, self.steps_done)
         index = 0
-        for label, batches in micro_batches.items():
+        for label, batches in self._global_batches(micro_batches).items():
             loss_weight = self.slots[label].weight if loss_weights is None else loss_weights[label]
-            weight = sum(b.weight for b in batches)
+            weight = sum(batch_weight for _, batch_weight in batches)
             if weight <= 0:
                 continue
             scale = jnp.float32(loss_weight / weight)
-            for micro in batches:
-                batch = self._device_batch(label, micro.arrays, "train")
+            for batch, batch_weight in batches:
                 key = jax.random.fold_in(step_key, index)
                 index += 1
                 grads, loss, out = self._accumulate(self.params, grads, batch, scale, key, label=label)
                 total = total + scale * loss
-                add_metric(metrics, f"{label}/loss", loss, micro.weight)
+                add_metric(metrics, f"{label}/loss", loss, batch_weight)
                 for name, (value, count) in out.items():
                     add_metric(metrics, f"{label}/{name}", value, count)
         self.note_signature(("apply",))
@@ -218,7 +261,7 @@ class JaxEngine(BackendEngine):
     def load_weights(self, weights: Mapping[str, np.ndarray], strict: bool = True) -> None:
         expected = {name: tuple(value.shape) for name, value in self.params.items()}
         fitted = {name: value.astype(np.float32) for name, value in fit_weights(expected, weights, strict).items()}
-        placed = jax.device_put(fitted, {name: self.param_shardings[name] for name in fitted})
+        placed = self.placement.put(fitted, {name: self.param_shardings[name] for name in fitted})
         self.params = {**self.params, **placed}  # parameters not in ``weights`` (strict=False) stay
 
     def training_state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
@@ -241,7 +284,7 @@ class JaxEngine(BackendEngine):
                 raise CheckpointError(f"checkpoint optimizer state lacks or mis-shapes {key}")
             restored.append(np.asarray(arrays[key]).astype(leaf.dtype))
         host_state = jax.tree_util.tree_unflatten(treedef, restored)
-        self.opt_state = jax.device_put(host_state, self.opt_shardings)
+        self.opt_state = self.placement.put(host_state, self.opt_shardings)
         self.dropout_key = jax.random.wrap_key_data(np.asarray(arrays["rng/jax_dropout_key"]))
         self.steps_done = int(meta.get("steps_done", 0))
 
@@ -258,6 +301,37 @@ class JaxEngine(BackendEngine):
 
     def is_main_process(self) -> bool:
         return jax.process_index() == 0
+
+    def data_shard(self) -> tuple[int, int]:
+        """One shard per process when the processes can split each step's micro-batches evenly.
+
+        Otherwise (e.g. ``training.gradient_accumulation`` 1 on two processes) every process makes
+        every micro-batch and places only its devices' rows of it.
+        """
+        processes = jax.process_count()
+        if not self.placement.mesh.is_multi_process or self.training.gradient_accumulation % processes:
+            return 0, 1
+        return jax.process_index(), processes
+
+    def single_process(self) -> JaxEngine | None:
+        """A copy over this process's own devices with the full weights, for work the main process does alone.
+
+        Every process calls it (gathering sharded weights across processes is collective); processes
+        other than the main one get None. The copy has no optimizer state: downstream tasks do not train it.
+        """
+        if jax.process_count() == 1:
+            return self
+        weights = self.weights()
+        if not self.is_main_process():
+            return None
+        alone = copy.copy(self)
+        alone.placement = Placement(make_mesh(jax.local_devices()), self.config.sharding)
+        alone.param_shardings = alone.placement.tree(weights)
+        alone.params = alone.placement.put(weights, alone.param_shardings)
+        alone.opt_shardings = alone.placement.tree(jax.eval_shape(self.optimizer.init, alone.params))
+        alone.opt_state = None
+        alone.compile_steps()  # the shallow copy shares the compilations counter with the run
+        return alone
 
     def counters(self) -> dict[str, float]:
         return {"compilations": float(len(self._signatures))}

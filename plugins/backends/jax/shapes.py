@@ -50,3 +50,15 @@ def pad_batch(arrays: Mapping[str, np.ndarray], features: Mapping[str, Feature],
         pad_value = feature.pad_value if feature is not None else 0
         out[name] = np.pad(array, widths, constant_values=pad_value) if any(w for _, w in widths) else array
     return out
+
+
+def pad_to_shapes(arrays: Mapping[str, np.ndarray], features: Mapping[str, Feature],
+                  shapes: Mapping[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
+    """Pad each array up to its shape in ``shapes`` with its pad value (to join other processes' batches)."""
+    out = {}
+    for name, array in arrays.items():
+        feature = features.get(name)
+        widths = [(0, target - size) for size, target in zip(array.shape, shapes[name])]
+        pad_value = feature.pad_value if feature is not None else 0
+        out[name] = np.pad(array, widths, constant_values=pad_value) if any(w for _, w in widths) else array
+    return out
