@@ -186,7 +186,7 @@ def _limit_address_space(gigabytes: float | None):
 def run_short(label: str, source: str, work: Path, steps: int, timeout: float, limit_gb: float | None = None,
               processes: int = 1) -> dict:
     """One short run (``processes`` > 1: under torchrun, DDP) in a fresh subprocess under ``time -v``."""
-    run_dir = work / "runs" / label
+    run_dir = work / "runs" / re.sub(r"[^\w.-]+", "-", label)
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True)
     backend = {"distributed": "ddp"} if processes > 1 else {}
