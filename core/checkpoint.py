@@ -46,6 +46,7 @@ import numpy as np
 from safetensors.numpy import load_file, save_file
 
 from plmforge.core.errors import CheckpointError
+from plmforge.core.files import fsync_path
 from plmforge.core.vocab import BASE_SIZE
 
 if TYPE_CHECKING:
@@ -90,19 +91,6 @@ def is_t5_param(name: str) -> bool:
 
 
 # -- writing a directory atomically ------------------------------------------------------------------
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 @contextmanager
 def atomic_directory(dest: Path, prefix: str | None = None) -> Iterator[Path]:
     """A temporary sibling of ``dest`` to fill; on success it is flushed and renamed to ``dest``.
@@ -118,7 +106,7 @@ def atomic_directory(dest: Path, prefix: str | None = None) -> Iterator[Path]:
         for file in tmp.iterdir():
             with open(file, "rb+") as handle:
                 os.fsync(handle.fileno())
-        _fsync_dir(tmp)
+        fsync_path(tmp)
         if dest.exists():  # e.g. the same step written again: swap at the last moment
             stale = dest.parent / f".stale-{dest.name}-{os.getpid()}"
             dest.rename(stale)
@@ -126,7 +114,7 @@ def atomic_directory(dest: Path, prefix: str | None = None) -> Iterator[Path]:
             shutil.rmtree(stale, ignore_errors=True)
         else:
             tmp.rename(dest)
-        _fsync_dir(dest.parent)
+        fsync_path(dest.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

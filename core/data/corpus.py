@@ -18,7 +18,6 @@ the end. :func:`open_corpus` checks the manifest and every file's size (sha256 o
 from __future__ import annotations
 
 import datetime
-import hashlib
 import importlib.metadata
 import io
 import json
@@ -33,6 +32,7 @@ import numpy as np
 
 from plmforge.core.data.proteins import ProteinSet
 from plmforge.core.errors import DataError
+from plmforge.core.files import fsync_path, sha256_file
 from plmforge.core.vocab import RESIDUES, Vocab
 
 FORMAT = "plmforge-corpus"
@@ -220,7 +220,7 @@ class CorpusWriter:
         for split in self.splits:
             for name in (RESIDUES_FILE, OFFSETS_FILE, LENGTHS_FILE, META_FILE):
                 file = self.tmp / split / name
-                _fsync(file)
+                fsync_path(file)
                 files[f"{split}/{name}"] = {"size": file.stat().st_size,
                                             "sha256": sha256_file(file) if self.checksums else None}
         manifest = {
@@ -232,9 +232,9 @@ class CorpusWriter:
         manifest["splits"] = {s: {"proteins": w.lengths.count, "residues": w.total} for s, w in self._writers.items()}
         manifest["files"] = files
         (self.tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-        _fsync(self.tmp / MANIFEST)
+        fsync_path(self.tmp / MANIFEST)
         for folder in (*(self.tmp / s for s in self.splits), self.tmp):
-            _fsync(folder)
+            fsync_path(folder)
         if self.out_dir.exists():
             if not self.overwrite:
                 raise DataError(f"{self.out_dir} appeared while the corpus was written; not replacing it")
@@ -247,7 +247,7 @@ class CorpusWriter:
                 stale.unlink()
         else:
             self.tmp.rename(self.out_dir)
-        _fsync(self.out_dir.parent)
+        fsync_path(self.out_dir.parent)
         self._finished = True
         return self.out_dir
 
@@ -260,27 +260,6 @@ class CorpusWriter:
                 pass
         shutil.rmtree(self.tmp, ignore_errors=True)
         self._finished = True
-
-
-def _fsync(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(_COPY_BLOCK):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # -- reading ----------------------------------------------------------------------------------------

@@ -35,13 +35,13 @@ from plmforge.core.data.readers import (
     Parsed,
     Source,
     check_columns,
-    hash_file,
     parse_work,
     read_units,
     resolve_sources,
     stat_signature,
 )
 from plmforge.core.errors import DataError
+from plmforge.core.files import sha256_file
 from plmforge.core.vocab import Vocab
 
 #: bytes of input per work unit; a worker holds about two units' worth of text and arrays
@@ -185,12 +185,12 @@ def prepare_corpus(
 
 def _hash_source(source: Source) -> str:
     if source.kind != "hf-datasets":
-        return hash_file(source.path)
+        return sha256_file(source.path)
     import hashlib
 
     digest = hashlib.sha256()  # a folder: the sha256 of its files' sha256s, in state.json order
     for file in source.files():
-        digest.update(bytes.fromhex(hash_file(file)))
+        digest.update(bytes.fromhex(sha256_file(file)))
     return digest.hexdigest()
 
 

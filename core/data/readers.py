@@ -9,13 +9,12 @@ data, so :func:`parse_work` runs in worker processes too.
 
 The raw bytes of a streamed file (FASTA, CSV, TSV) pass through a :class:`RawTap` as they are read: its
 sha256 and the progress come without a second read. Parquet and Arrow files are read by random access,
-so their sha256 costs one extra sequential read (:func:`hash_file`).
+so their sha256 costs one extra sequential read (:func:`plmforge.core.files.sha256_file`).
 """
 
 from __future__ import annotations
 
 import glob
-import hashlib
 import json
 import os
 from collections.abc import Iterator, Sequence
@@ -40,7 +39,6 @@ _COMPRESSED = (".gz", ".xz", ".bz2")
 _FASTA_SUFFIXES = (".fasta", ".fa", ".faa", ".fas", ".fna", ".ffn", ".mpfa", ".aln")
 _SUFFIX_KINDS: dict[str, Kind] = {**dict.fromkeys(_FASTA_SUFFIXES, "fasta"), ".parquet": "parquet", ".pq": "parquet",
                                   ".csv": "csv", ".tsv": "tsv", ".tab": "tsv"}
-_HASH_BLOCK = 1 << 24
 #: a table row is this many bytes on average (sequence ~300 residues plus an id), to size Parquet batches
 _ROW_BYTES = 400
 
@@ -186,15 +184,6 @@ def _dataset_files(path: Path) -> list[Path]:
         if not file.is_file():
             raise DataError(f"{file}: listed in {state_file} but missing")
     return files
-
-
-def hash_file(path: Path) -> str:
-    """sha256 of a file, read once sequentially."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(_HASH_BLOCK):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # -- checking table columns up front -----------------------------------------------------------------
