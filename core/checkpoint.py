@@ -92,7 +92,7 @@ def is_t5_param(name: str) -> bool:
 
 # -- writing a directory atomically ------------------------------------------------------------------
 @contextmanager
-def atomic_directory(dest: Path, prefix: str | None = None) -> Iterator[Path]:
+def atomic_directory(dest: Path) -> Iterator[Path]:
     """A temporary sibling of ``dest`` to fill; on success it is flushed and renamed to ``dest``.
 
     What was at ``dest`` is replaced whole, only once the new directory is complete; on any error
@@ -100,7 +100,7 @@ def atomic_directory(dest: Path, prefix: str | None = None) -> Iterator[Path]:
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=prefix or f".tmp-{dest.name}-", dir=dest.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{dest.name}-", dir=dest.parent))
     try:
         yield tmp
         for file in tmp.iterdir():
@@ -188,7 +188,7 @@ def write_checkpoint(path: Path, step: int, weights: Mapping[str, np.ndarray], m
                      training_arrays: Mapping[str, np.ndarray], state: Mapping[str, Any], spec_yaml: str) -> Path:
     """Write one checkpoint directory at ``path`` atomically (replacing what is there); returns ``path``."""
     path = Path(path)
-    with atomic_directory(path, prefix=f".tmp-{path.name}-") as tmp:
+    with atomic_directory(path) as tmp:
         save_file(_contiguous(weights), str(tmp / WEIGHTS), metadata={"format": "pt"})
         save_file(_contiguous(training_arrays) or {"_empty": np.zeros(0, np.float32)}, str(tmp / TRAINING))
         (tmp / MODEL_CONFIG).write_text(json.dumps(model_config, indent=2))

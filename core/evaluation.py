@@ -208,7 +208,8 @@ class Evaluator:
         self.plan = plan
         self.backend = backend
         self.vocab = vocab
-        self.model_key = weights_key(backend.weights())
+        # the cache's key: hashing every weight is wasted work when there is no cache
+        self.model_key = weights_key(backend.weights()) if plan.embedding_cache else None
         self.parent = parent
         self.random_model = random_model
         self.cache = EmbeddingCache(default_cache_dir(plan.output_dir) if plan.embedding_cache else None)
@@ -247,7 +248,8 @@ class Evaluator:
                 if self.random_model is None:
                     raise PlmforgeError("the random-init reference needs the model's spec")
                 backend = self.random_model()
-                self._random = Representation("random", backend, "random-" + weights_key(backend.weights()))
+                key = "random-" + weights_key(backend.weights()) if self.plan.embedding_cache else None
+                self._random = Representation("random", backend, key)
             return self._random
         raise PlmforgeError(f"unknown reference {reference!r}; use 'onehot' or 'random'")
 

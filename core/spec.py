@@ -8,6 +8,7 @@ probabilities[1]``) and, for files, its line; unknown keys come with a did-you-m
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from pathlib import Path
@@ -363,7 +364,7 @@ def validate_spec(raw: dict[str, Any], source: str = "<spec>", text: str | None 
     from plmforge.core.registry import Registry
 
     registry = registry or Registry()
-    where = _Locator(source, text, overridden or {})
+    where = _Locator(text, overridden or {})
     context = {CHECK_MACHINE: check_machine}
     errors: list[str] = []
     spec = None
@@ -532,9 +533,13 @@ def format_loc(loc: tuple[Any, ...]) -> str:
 class _Locator:
     """Where a key path is: ``line N: `` of the spec text, or ``--set KEY=VALUE: `` when an override set it."""
 
-    def __init__(self, source: str, text: str | None, overridden: dict[tuple, str]):
-        self.source, self.text, self.overridden = source, text, overridden
-        self._tree: Any = _compose(text) if text else None
+    def __init__(self, text: str | None, overridden: dict[tuple, str]):
+        self.text, self.overridden = text, overridden
+
+    @functools.cached_property
+    def _tree(self) -> Any:
+        """The spec's YAML node tree, composed only when an error needs a line number."""
+        return _compose(self.text) if self.text else None
 
     def __call__(self, loc: tuple[Any, ...]) -> str:
         for path, item in self.overridden.items():

@@ -231,6 +231,7 @@ class CorpusWriter:
         }
         manifest["splits"] = {s: {"proteins": w.lengths.count, "residues": w.total} for s, w in self._writers.items()}
         manifest["files"] = files
+        self.manifest = manifest
         (self.tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
         fsync_path(self.tmp / MANIFEST)
         for folder in (*(self.tmp / s for s in self.splits), self.tmp):
@@ -300,13 +301,9 @@ class PreparedCorpus:
     splits: dict[str, ProteinSet]
 
     def report(self) -> dict[str, int]:
-        """Counts from the manifest (no scan): ``source.*`` of the preparation, ``<split>.proteins/residues``."""
-        counts = {f"source.{k}": v for k, v in (self.manifest.get("report") or {}).items()
-                  if isinstance(v, int) and not isinstance(v, bool)}
-        for split, numbers in self.manifest["splits"].items():
-            counts[f"{split}.proteins"] = int(numbers["proteins"])
-            counts[f"{split}.residues"] = int(numbers["residues"])
-        return counts
+        """The preparation's bad-input counts from the manifest (no scan), as ``source.*`` run data tags."""
+        return {f"source.{k}": v for k, v in (self.manifest.get("report") or {}).items()
+                if isinstance(v, int) and not isinstance(v, bool)}
 
 
 def open_corpus(path: str | os.PathLike[str], verify_checksums: bool = False,

@@ -324,9 +324,7 @@ class _Parser:
                 header, body = rec, b""
             else:
                 header, body = rec[:nl], rec[nl + 1 :]
-            seq = body.translate(None, _WHITESPACE).upper()
-            if seq.endswith(b"*"):
-                seq = seq[:-1]
+            seq = clean_sequence(body)
             header_line = line
             line += rec.count(b"\n") + 1
             if not seq:

@@ -17,10 +17,8 @@ refused; ``verify_sources`` re-reads every input at the end and checks its sha25
 from __future__ import annotations
 
 import collections
-import json
 import multiprocessing
 import time
-import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +38,7 @@ from plmforge.core.data.readers import (
     resolve_sources,
     stat_signature,
 )
+from plmforge.core.data.sources import validation_mask
 from plmforge.core.errors import DataError
 from plmforge.core.files import sha256_file
 from plmforge.core.vocab import Vocab
@@ -74,25 +73,15 @@ class Encoded:
 def encode_unit(unit: Any, letters: bytes, on_invalid: str, fraction: float) -> Encoded:
     """Parse, clean and encode one work unit (runs in a worker process when there are several)."""
     parsed: Parsed = parse_work(unit, letters, on_invalid)
-    seqs = parsed.sequences
-    lookup = _LOOKUP
-    residues = lookup[np.frombuffer(b"".join(seqs), dtype=np.uint8)] if seqs else np.zeros(0, np.uint8)
+    seqs = parsed.sequences  # already checked against the vocabulary's letters by the parser
+    residues = _VOCAB.encode_residues(b"".join(seqs)).astype(np.uint8) if seqs else np.zeros(0, np.uint8)
     lengths = np.fromiter(map(len, seqs), dtype=np.int64, count=len(seqs))
-    hashes = np.fromiter(map(zlib.crc32, seqs), dtype=np.uint64, count=len(seqs))
-    held = hashes < np.uint64(int(fraction * 2**32))  # exactly sources.validation_mask
+    held = validation_mask(seqs, fraction)
     return Encoded(parsed.source, residues, lengths, held, parsed.names, parsed.labels, parsed.clusters,
                    parsed.counts)
 
 
-def _residue_lookup() -> np.ndarray:
-    vocab = Vocab()
-    table = np.zeros(256, dtype=np.uint8)
-    for letter in residue_letters(vocab).decode():
-        table[ord(letter)] = vocab.encode_residues(letter)[0]
-    return table
-
-
-_LOOKUP = _residue_lookup()
+_VOCAB = Vocab()
 
 
 def prepare_corpus(
@@ -179,8 +168,7 @@ def prepare_corpus(
             "report": counts,
         }
         path = writer.finish(manifest_fields)
-    manifest = json.loads((path / "manifest.json").read_text())
-    return PrepareResult(path, manifest, time.perf_counter() - started, total_bytes)
+    return PrepareResult(path, writer.manifest, time.perf_counter() - started, total_bytes)
 
 
 def _hash_source(source: Source) -> str:
@@ -202,7 +190,7 @@ def _write(writer: CorpusWriter, encoded: Encoded, role: str, fraction: float) -
     if role == "validation":
         writer.add("validation", encoded.residues, encoded.lengths, encoded.names, encoded.labels, encoded.clusters)
         return {"validation": n}
-    held = encoded.held if fraction > 0 else np.zeros(n, dtype=bool)
+    held = encoded.held
     if not held.any():
         writer.add("train", encoded.residues, encoded.lengths, encoded.names, encoded.labels, encoded.clusters)
         return {"train": n}

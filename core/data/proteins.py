@@ -213,8 +213,6 @@ class ProteinSet:
 
 def _take(values: Sequence[str], idx: np.ndarray) -> list[str]:
     """``values`` at ``idx`` as a list; a lazy column (with ``take``) converts only the chosen items."""
-    if isinstance(values, list):
-        return [values[i] for i in idx.tolist()]
     take = getattr(values, "take", None)
     if take is not None:
         return list(take(idx))

@@ -26,6 +26,7 @@ import itertools
 import lzma
 import os
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -90,7 +91,7 @@ def load_splits(
         corpus = open_corpus(_resolve(source, base_dir), vocab=vocab)
         from_corpus = True
         splits = dict(corpus.splits)
-        report.update({k: v for k, v in corpus.report().items() if k.startswith("source.")})
+        report.update(corpus.report())
         origins.update({s: f"{source} ({s}, prepared)" for s in splits})
         if validation_source:
             splits.pop("validation", None)
@@ -127,10 +128,14 @@ def load_splits(
     return LoadedData(splits, report, origins)
 
 
-def validation_mask(sequences: list[str], fraction: float) -> np.ndarray:
-    """True for sequences held out for validation: CRC-32 of the ASCII text below ``fraction * 2**32``."""
+def validation_mask(sequences: Sequence[str] | Sequence[bytes], fraction: float) -> np.ndarray:
+    """True for sequences held out for validation: CRC-32 of the ASCII text below ``fraction * 2**32``.
+
+    ``plmforge prepare`` splits with this too, so a prepared corpus and a FASTA source split alike.
+    """
     hashes = np.fromiter(
-        (zlib.crc32(s.encode("ascii")) for s in sequences), dtype=np.uint64, count=len(sequences)
+        (zlib.crc32(s if isinstance(s, bytes) else s.encode("ascii")) for s in sequences),
+        dtype=np.uint64, count=len(sequences),
     )
     return hashes < np.uint64(int(fraction * 2**32))
 
