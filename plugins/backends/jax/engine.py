@@ -44,7 +44,7 @@ from plmforge.plugins.backends.jax.distribution import (
 )
 from plmforge.plugins.backends.jax.model import T5Model
 from plmforge.plugins.backends.jax.optimizers import make_optimizer
-from plmforge.plugins.backends.jax.shapes import pad_batch, pad_to_shapes
+from plmforge.plugins.backends.jax.shapes import ladder_shapes, pad_batch, pad_to_shapes
 
 Params = dict[str, jax.Array]
 
@@ -173,21 +173,22 @@ class JaxEngine(BackendEngine):
             return {label: [(self._device_batch(label, micro.arrays, "train"), micro.weight) for micro in batches]
                     for label, batches in micro_batches.items()}
         local_rows = len(self.placement.mesh.local_devices)
-        padded = {label: [pad_batch(micro.arrays, self.features[label], local_rows, self.training.pad_to_multiple,
-                                    self.shape_growth) for micro in batches]
-                  for label, batches in micro_batches.items()}
+        # each micro-batch's own ladder shapes; the processes then pad once, to the largest of each
+        ladders = {label: [ladder_shapes(micro.arrays, self.features[label], local_rows,
+                                         self.training.pad_to_multiple, self.shape_growth) for micro in batches]
+                   for label, batches in micro_batches.items()}
         weights = [micro.weight for batches in micro_batches.values() for micro in batches]
-        shapes = [[label, key, array.shape] for label, batches in padded.items() for arrays in batches
-                  for key, array in sorted(arrays.items())]
-        everyone_weights, everyone_shapes = exchange_step_plan(weights, [shape for _, _, shape in shapes])
+        shapes = [shape for per_label in ladders.values() for ladder in per_label
+                  for _, shape in sorted(ladder.items())]
+        everyone_weights, everyone_shapes = exchange_step_plan(weights, shapes)
         largest = iter(everyone_shapes.max(axis=0).tolist())
         totals = iter(everyone_weights.sum(axis=0).tolist())
         joined: dict[str, list[tuple[dict[str, jax.Array], float]]] = {}
-        for label, batches in padded.items():
+        for label, batches in micro_batches.items():
             joined[label] = []
-            for arrays in batches:
-                target = {key: tuple(next(largest) for _ in array.shape) for key, array in sorted(arrays.items())}
-                local = pad_to_shapes(arrays, self.features[label], target)
+            for micro, ladder in zip(batches, ladders[label]):
+                target = {key: tuple(next(largest) for _ in shape) for key, shape in sorted(ladder.items())}
+                local = pad_to_shapes(micro.arrays, self.features[label], target)
                 self.note_signature(("train", label, *sorted((k, v.shape, str(v.dtype)) for k, v in local.items())))
                 joined[label].append((self.placement.put_process_rows(local), float(next(totals))))
         return joined

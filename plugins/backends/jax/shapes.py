@@ -28,12 +28,9 @@ def rung(size: int, multiple: int, growth: float) -> int:
     return value
 
 
-def pad_batch(arrays: Mapping[str, np.ndarray], features: Mapping[str, Feature], row_multiple: int,
-              length_multiple: int, growth: float) -> dict[str, np.ndarray]:
-    """Pad rows and the encoder/decoder axes of a collated batch up to ladder sizes with pad values.
-
-    Padded rows consist of pad values only, so objectives see them as empty examples.
-    """
+def ladder_shapes(arrays: Mapping[str, np.ndarray], features: Mapping[str, Feature], row_multiple: int,
+                  length_multiple: int, growth: float) -> dict[str, tuple[int, ...]]:
+    """The shape of each array of a collated batch with rows and encoder/decoder axes at ladder sizes."""
     rows = next(iter(arrays.values())).shape[0]
     target_rows = rung(rows, row_multiple, growth)
     axis_length: dict[str, int] = {}
@@ -41,15 +38,23 @@ def pad_batch(arrays: Mapping[str, np.ndarray], features: Mapping[str, Feature],
         if feature.length is not None and name in arrays:
             length = arrays[name].shape[1]  # already rounded by the collator: kept unless a ladder is asked for
             axis_length.setdefault(feature.length, rung(length, length_multiple, growth) if growth > 1 else length)
-    out = {}
+    shapes = {}
     for name, array in arrays.items():
         feature = features.get(name)
-        widths = [(0, target_rows - rows)] + [(0, 0)] * (array.ndim - 1)
+        shape = [target_rows, *array.shape[1:]]
         if feature is not None and feature.length is not None:
-            widths[1] = (0, axis_length[feature.length] - array.shape[1])
-        pad_value = feature.pad_value if feature is not None else 0
-        out[name] = np.pad(array, widths, constant_values=pad_value) if any(w for _, w in widths) else array
-    return out
+            shape[1] = axis_length[feature.length]
+        shapes[name] = tuple(shape)
+    return shapes
+
+
+def pad_batch(arrays: Mapping[str, np.ndarray], features: Mapping[str, Feature], row_multiple: int,
+              length_multiple: int, growth: float) -> dict[str, np.ndarray]:
+    """Pad rows and the encoder/decoder axes of a collated batch up to ladder sizes with pad values.
+
+    Padded rows consist of pad values only, so objectives see them as empty examples.
+    """
+    return pad_to_shapes(arrays, features, ladder_shapes(arrays, features, row_multiple, length_multiple, growth))
 
 
 def pad_to_shapes(arrays: Mapping[str, np.ndarray], features: Mapping[str, Feature],
