@@ -1,8 +1,9 @@
 """Entry-point discovery of plugins: lazy, isolated, and explicit about conflicts.
 
-Plugins are found with :mod:`importlib.metadata` in four entry-point groups (name = plugin name,
-value = ``module:Class``): ``plmforge.objectives``, ``plmforge.backends``, ``plmforge.tasks`` and
-``plmforge.hooks`` (hook-only plugins: a module or object with pluggy hook implementations).
+Plugins are found with :mod:`importlib.metadata` in five entry-point groups (name = plugin name,
+value = ``module:Class``): ``plmforge.objectives``, ``plmforge.backends``, ``plmforge.tasks``,
+``plmforge.references`` (representations scored next to the model: one-hot, random init, UniRep, ...)
+and ``plmforge.hooks`` (hook-only plugins: a module or object with pluggy hook implementations).
 
 Listing reads metadata only; a plugin's module is imported the first time something asks for that
 plugin. A plugin that fails to import is reported with its name, distribution and error and breaks
@@ -23,6 +24,7 @@ GROUPS: dict[str, str] = {
     "objective": "plmforge.objectives",
     "backend": "plmforge.backends",
     "task": "plmforge.tasks",
+    "reference": "plmforge.references",
     "hooks": "plmforge.hooks",
 }
 DISABLE_ENV = "PLMFORGE_DISABLE_PLUGINS"
@@ -73,6 +75,10 @@ def _contract(kind: str) -> type | None:
         from plmforge.core.task import Task
 
         return Task
+    if kind == "reference":
+        from plmforge.core.reference import Reference
+
+        return Reference
     return None
 
 
