@@ -47,6 +47,7 @@ from safetensors.numpy import load_file, save_file
 
 from plmforge.core.errors import CheckpointError
 from plmforge.core.files import fsync_path
+from plmforge.core.hf_tokenizer import write_tokenizer_files
 from plmforge.core.vocab import BASE_SIZE
 
 if TYPE_CHECKING:
@@ -471,11 +472,13 @@ def check_destination(dest: Path, force: bool) -> None:
 
 
 def write_hf_checkpoint(path: str | Path, model_config: ModelConfig, weights: Mapping[str, np.ndarray],
-                        vocab_size: int, force: bool = False) -> list[str]:
+                        vocab_size: int, force: bool = False, tokens: Sequence[str] | None = None) -> list[str]:
     """Write a Hugging Face T5 directory (config.json + model.safetensors, float32) atomically.
 
     Only T5 parameters are written; the names of the others (plmforge's ``encoder_lm_head``,
     ``heads.*``) are returned, sorted. A model without decoder is written as a ``T5EncoderModel``.
+    With ``tokens`` (the vocabulary, one token per embedding row) the tokenizer files are written too
+    (:mod:`plmforge.core.hf_tokenizer`), so transformers loads model and tokenizer from the directory.
     """
     dest = Path(path)
     check_destination(dest, force)
@@ -484,12 +487,16 @@ def write_hf_checkpoint(path: str | Path, model_config: ModelConfig, weights: Ma
     rows = kept["shared.weight"].shape[0] if "shared.weight" in kept else None
     if rows != vocab_size:
         raise CheckpointError(f"weights have {rows} embedding rows but the vocabulary has {vocab_size} tokens")
+    if tokens is not None and len(tokens) != vocab_size:
+        raise CheckpointError(f"{len(tokens)} tokens for a vocabulary of {vocab_size}: no tokenizer can be written")
     config = model_config.hf_config(vocab_size)
     if not model_config.has_decoder:
         config["architectures"] = ["T5EncoderModel"]
     with atomic_directory(dest) as tmp:
         save_file(kept, str(tmp / WEIGHTS), metadata={"format": "pt"})
         (tmp / MODEL_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+        if tokens is not None:
+            write_tokenizer_files(tmp, tokens)
     return dropped
 
 

@@ -36,7 +36,7 @@ from plmforge.core.initialization import initial_weights
 from plmforge.core.model_config import ModelConfig
 from plmforge.core.registry import Registry
 from plmforge.core.spec import validate_spec
-from plmforge.core.vocab import BASE_SIZE, TASK_PREFIXES
+from plmforge.core.vocab import BASE_SIZE, TASK_PREFIXES, Vocab
 
 if TYPE_CHECKING:
     from plmforge.core.backend import Backend
@@ -146,6 +146,21 @@ class Conversion:
     dropped: list[str] = field(default_factory=list)  # parameters left out (export to hf)
     fresh: list[str] = field(default_factory=list)  # parameters or rows freshly initialised (import)
     objectives: list[str] = field(default_factory=list)  # the objectives of the written spec (import)
+    tokenizer: bool = False  # tokenizer files written beside the weights (export)
+
+
+def checkpoint_tokens(path: Path, vocab_size: int) -> list[str] | None:
+    """The token of each embedding row of a checkpoint, or None where they are not known.
+
+    A plmforge checkpoint records its tokens beyond Ankh's 144; a Hugging Face directory is taken as
+    Ankh's vocabulary, followed by Ankh3's task prefixes when it has one or two more rows (as
+    :func:`_to_plmforge` reads it).
+    """
+    recorded = extra_tokens(path)
+    if recorded is None and BASE_SIZE <= vocab_size <= BASE_SIZE + len(TASK_PREFIXES):
+        recorded = TASK_PREFIXES[:vocab_size - BASE_SIZE]
+    tokens = Vocab().tokens + list(recorded or ())
+    return tokens if recorded is not None and len(tokens) == vocab_size else None
 
 
 def convert_checkpoint(source: str | Path, dest: str | Path, to: str | None = None, force: bool = False,
@@ -164,8 +179,10 @@ def convert_checkpoint(source: str | Path, dest: str | Path, to: str | None = No
     shape, weights, vocab_size = read_hf_checkpoint(checkpoint_dir)
     config = ModelConfig(preset=None, **shape)
     if to == "hf":
-        dropped = write_hf_checkpoint(dest, config, weights, vocab_size, force=force)
-        return Conversion("hf", checkpoint_dir, dest, shape, vocab_size, dropped=dropped)
+        tokens = checkpoint_tokens(checkpoint_dir, vocab_size)
+        dropped = write_hf_checkpoint(dest, config, weights, vocab_size, force=force, tokens=tokens)
+        return Conversion("hf", checkpoint_dir, dest, shape, vocab_size, dropped=dropped,
+                          tokenizer=tokens is not None)
     if to != "plmforge":
         raise CheckpointError(f"unknown conversion target {to!r}; choose 'hf' or 'plmforge'")
     if is_plmforge_checkpoint(given):

@@ -15,10 +15,10 @@ from plmforge.core import checkpoint as ckpt
 from plmforge.core.backend import Backend
 from plmforge.core.build import build_model
 from plmforge.core.data.batching import BatchPlanner, round_up
-from plmforge.core.errors import PlmforgeError
+from plmforge.core.errors import DataError, PlmforgeError
 from plmforge.core.registry import Registry
 from plmforge.core.spec import Spec, validate_spec
-from plmforge.core.vocab import Vocab
+from plmforge.core.vocab import InvalidSequenceError, Vocab
 
 
 def checkpoint_dir(path: Path) -> Path:
@@ -64,11 +64,29 @@ def load_model_and_spec(checkpoint_path: Path, backend_name: str | dict | None =
     return backend, vocab, spec, path
 
 
+def check_prefix(vocab: Vocab, prefix: str | None) -> None:
+    """A task prefix must be a token of the model's vocabulary (one its run trained with)."""
+    if prefix and prefix not in vocab.extra_tokens:
+        raise PlmforgeError(f"prefix {prefix!r} is not in this model's vocabulary (it has {list(vocab.extra_tokens)})")
+
+
+def encode_proteins(vocab: Vocab, sequences: list[str], prefix: str | None = None) -> list[np.ndarray]:
+    """Model inputs ``[prefix] residues </s>``; a sequence with letters outside the vocabulary is a DataError."""
+    check_prefix(vocab, prefix)
+    encoded = []
+    for number, sequence in enumerate(sequences, 1):
+        try:
+            encoded.append(vocab.encode(sequence, add_eos=True, prefix=prefix))
+        except InvalidSequenceError as exc:
+            raise DataError(f"sequence {number} of {len(sequences)}: {exc}") from None
+    return encoded
+
+
 def embed_sequences(backend: Backend, vocab: Vocab, sequences: list[str], prefix: str | None = None,
                     batch_tokens: int = 8192, per_protein: bool = False) -> list[np.ndarray]:
     """One array per sequence: [L, d_model] per residue, or [d_model] per protein."""
     offset = 1 if prefix else 0
-    encoded = [vocab.encode(s, add_eos=True, prefix=prefix) for s in sequences]
+    encoded = encode_proteins(vocab, sequences, prefix)
     lengths = np.array([len(e) for e in encoded])
     planner = BatchPlanner(max_length=int(lengths.max(initial=1)), pad_to_multiple=8, tokens=batch_tokens)
     out: list[np.ndarray | None] = [None] * len(sequences)
@@ -98,8 +116,7 @@ def embed_fasta(checkpoint_path: Path, fasta: Path, output: Path, per_protein: b
         raise PlmforgeError(f"{output}: per-residue embeddings vary in length; write .safetensors, "
                             f"or add --per-protein for one .npy matrix")
     backend, vocab = load_model(checkpoint_path, backend_name)
-    if prefix and prefix not in vocab.extra_tokens:
-        raise PlmforgeError(f"prefix {prefix!r} is not in this model's vocabulary (it has {list(vocab.extra_tokens)})")
+    check_prefix(vocab, prefix)
     records = read_fasta(fasta, vocab=vocab)
     vectors = embed_sequences(backend, vocab, records.sequences, prefix=prefix, batch_tokens=batch_tokens,
                               per_protein=per_protein)

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
 from plmforge.core.backend import Backend
 from plmforge.core.data.batching import round_up
-from plmforge.core.embedding import load_model
+from plmforge.core.embedding import check_prefix, encode_proteins, load_model
 from plmforge.core.errors import PlmforgeError
 from plmforge.core.vocab import Vocab
 
@@ -58,7 +58,7 @@ class GenerationConfig:
 
 def encoder_inputs(vocab: Vocab, prompts: Sequence[str], prefix: str | None) -> np.ndarray:
     """Padded encoder ids ``[prefix] prompt </s>`` (as the completion objective builds them)."""
-    encoded = [vocab.encode(p, add_eos=True, prefix=prefix) for p in prompts]
+    encoded = encode_proteins(vocab, list(prompts), prefix)
     width = int(round_up(max(len(e) for e in encoded), 16))
     ids = np.zeros((len(encoded), width), dtype=np.int32)
     for row, e in enumerate(encoded):
@@ -185,20 +185,30 @@ class PromptResult:
         return None if self.truth is None else identity(self.completion.residues, self.truth)
 
 
-def generate_from_checkpoint(checkpoint_path, prompts: Sequence[tuple[str, str]], config: GenerationConfig,
-                             keep: float | None = None, prefix: str | None = "auto",
-                             backend_name: str | None = None) -> list[PromptResult]:
-    """Complete ``(name, sequence)`` prompts with a checkpoint's model.
+def generation_config(**options: Any) -> GenerationConfig:
+    """A :class:`GenerationConfig`; a value it refuses is a PlmforgeError (the user's input)."""
+    try:
+        return GenerationConfig(**options)
+    except ValueError as exc:
+        raise PlmforgeError(str(exc)) from None
 
-    With ``keep`` the prompt is only the first ``keep`` share of each sequence (as the completion
-    objective splits), and the rest is kept as the truth to compare with. ``prefix="auto"`` uses
-    ``[S2S]`` when the model's vocabulary has it.
-    """
-    backend, vocab = load_model(checkpoint_path, backend_name)
+
+def sampled_prompts(prompts: Sequence[tuple[str, str]], num_samples: int, strategy: str) -> list[tuple[str, str]]:
+    """Each ``(name, sequence)`` prompt ``num_samples`` times, named ``name#k`` (sampling only)."""
+    if num_samples > 1 and strategy != "sample":
+        raise PlmforgeError("num_samples > 1 needs --strategy sample (strategy='sample'): greedy and beam search are "
+                            "deterministic")
+    if num_samples == 1:
+        return list(prompts)
+    return [(f"{name}#{k}", sequence) for name, sequence in prompts for k in range(num_samples)]
+
+
+def complete_prompts(backend: Backend, vocab: Vocab, prompts: Sequence[tuple[str, str]], config: GenerationConfig,
+                     keep: float | None = None, prefix: str | None = "auto") -> list[PromptResult]:
+    """Complete ``(name, sequence)`` prompts with a loaded model (see :func:`generate_from_checkpoint`)."""
     if prefix == "auto":
         prefix = "[S2S]" if "[S2S]" in vocab.extra_tokens else None
-    if prefix and prefix not in vocab.extra_tokens:
-        raise PlmforgeError(f"prefix {prefix!r} is not in this model's vocabulary (it has {list(vocab.extra_tokens)})")
+    check_prefix(vocab, prefix)
     cut = []
     for name, sequence in prompts:
         if keep is None:
@@ -209,3 +219,16 @@ def generate_from_checkpoint(checkpoint_path, prompts: Sequence[tuple[str, str]]
     completions = complete(backend, vocab, [prompt for _, prompt, _ in cut], config, prefix=prefix)
     return [PromptResult(name, prompt, completion, truth)
             for (name, prompt, truth), completion in zip(cut, completions)]
+
+
+def generate_from_checkpoint(checkpoint_path, prompts: Sequence[tuple[str, str]], config: GenerationConfig,
+                             keep: float | None = None, prefix: str | None = "auto",
+                             backend_name: str | None = None) -> list[PromptResult]:
+    """Complete ``(name, sequence)`` prompts with a checkpoint's model.
+
+    With ``keep`` the prompt is only the first ``keep`` share of each sequence (as the completion
+    objective splits), and the rest is kept as the truth to compare with. ``prefix="auto"`` uses
+    ``[S2S]`` when the model's vocabulary has it.
+    """
+    backend, vocab = load_model(checkpoint_path, backend_name)
+    return complete_prompts(backend, vocab, prompts, config, keep=keep, prefix=prefix)

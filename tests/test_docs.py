@@ -95,3 +95,24 @@ def test_tutorial_encoder_decoder_objective_shows_what_it_says_and_trains_on_eve
     finally:
         for module in ("substitution.reverse", "substitution"):
             sys.modules.pop(module, None)
+
+
+def python_api_blocks() -> list[str]:
+    return re.findall(r"```python\n(.*?)```", (REPO / "docs" / "python-api.md").read_text(), re.S)
+
+
+@pytest.mark.slow
+def test_python_api_walkthrough_runs_as_written(capsys):
+    """Every Python block of docs/python-api.md, in order, in one namespace (a notebook's kernel)."""
+    pytest.importorskip("transformers")
+    namespace: dict = {}
+    for number, block in enumerate(python_api_blocks(), 1):
+        exec(compile(block, f"docs/python-api.md, block {number}", "exec"), namespace)
+    assert namespace["embeddings"].shape == (100, 32) and len(namespace["locations"]) == 100
+    assert set(namespace["scores"]) == {"model", "onehot"}
+    comparison = namespace["comparison"]
+    assert comparison.values("training.optimizer.lr") == ["0.001", "0.01"]
+    assert all(v is not None for v in comparison.values("val/loss"))
+    first = namespace["model"].vocab.encode(namespace["sequences"][0])
+    assert namespace["ids"]["input_ids"][0][:len(first)].tolist() == first.tolist()  # the export's tokenizer
+    assert "probe accuracy on 30 held-out proteins" in capsys.readouterr().out

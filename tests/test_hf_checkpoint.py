@@ -353,10 +353,16 @@ def test_plmforge_checkpoint_exports_to_transformers(trained, tmp_path):
     out = convert(run_dir, tmp_path / "hf")  # a run directory: its latest checkpoint, exported to hf by default
     assert out.exit_code == 0, out.output
     assert "left out (not T5 parameters): encoder_lm_head.weight" in out.output
+    assert "AutoTokenizer.from_pretrained" in out.output
     exported = transformers.T5ForConditionalGeneration.from_pretrained(tmp_path / "hf").eval()
     ours, vocab = load_model(run_dir)
     assert len(vocab) == VOCAB + 1 and exported.config.vocab_size == VOCAB + 1
     ids, dec = batch(vocab)
+    # the whole export: its tokenizer gives the ids plmforge uses ([MASK] of bert_mlm included), and the
+    # model run on them gives plmforge's encoder states and logits
+    tokenizer = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
+    assert tokenizer.mask_token_id == vocab.token_id("[MASK]") == VOCAB
+    np.testing.assert_array_equal(tokenizer(PROTEINS, padding=True, return_tensors="np")["input_ids"], ids)
     hidden, logits = hf_outputs(exported, ids, dec)
     assert_same_encoder(ours.embed(ids), hidden, ids)
     np.testing.assert_allclose(ours.decoder_logits(ids, dec), logits, atol=1e-4, rtol=0)
@@ -407,10 +413,25 @@ def test_convert_refuses_a_non_empty_destination(ankh, tmp_path):
     assert (dest / "notes.txt").read_text() == "keep me"
     out = convert(path, dest, "--force", "--to", "hf")
     assert out.exit_code == 0, out.output
-    assert sorted(p.name for p in dest.iterdir()) == ["config.json", "model.safetensors"]
+    assert sorted(p.name for p in dest.iterdir()) == ["config.json", "model.safetensors", "special_tokens_map.json",
+                                                      "tokenizer.json", "tokenizer_config.json"]
     assert not list(tmp_path.glob(".tmp-*")) and not list(tmp_path.glob(".stale-*"))
     out = convert(tmp_path / "nowhere", tmp_path / "x")
     assert out.exit_code == 1 and "SOURCE" in out.output and "does not exist" in out.output
+
+
+def test_exported_tokenizer_follows_the_source_vocabulary(tmp_path):
+    """A Hugging Face source is read as Ankh's vocabulary, plus Ankh3's prefixes for one or two more rows;
+    of any other size the tokens are unknown, and no tokenizer is written."""
+    ankh3 = save(hf_t5(vocab=VOCAB + 2), tmp_path / "ankh3-like")
+    assert convert(ankh3, tmp_path / "hf3", "--to", "hf").exit_code == 0
+    tokenizer = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf3")
+    assert tokenizer("[NLU]MK")["input_ids"] == Vocab(["[NLU]"]).encode("MK", prefix="[NLU]").tolist()
+    assert tokenizer.convert_tokens_to_ids(["[NLU]", "[S2S]"]) == [VOCAB, VOCAB + 1]
+    other = save(hf_t5(vocab=200), tmp_path / "other")
+    out = convert(other, tmp_path / "hf", "--to", "hf")
+    assert out.exit_code == 0, out.output
+    assert "no tokenizer files" in out.output and not (tmp_path / "hf" / "tokenizer.json").exists()
 
 
 # -- the format's pieces -------------------------------------------------------------------------------------
