@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import math
+import re
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from plmforge.core.build import (  # the assembly layer; imported here by name s
     build_objectives,
     build_streams,
 )
+from plmforge.core.compare import replicate_group
 from plmforge.core.data.stream import ExampleStream
 from plmforge.core.errors import CheckpointError, PlmforgeError, TrainingDiverged
 from plmforge.core.hookspecs import plugin_manager
@@ -33,7 +35,7 @@ from plmforge.core.progress import Progress
 from plmforge.core.registry import Registry
 from plmforge.core.run_failures import describe_objective, is_disk_full, objective_failure
 from plmforge.core.schedule import rate_for
-from plmforge.core.spec import Spec
+from plmforge.core.spec import Spec, spec_warnings
 from plmforge.core.tracking import Tracker, flatten, git_commit, spec_sha256
 from plmforge.core.vocab import Vocab
 
@@ -246,6 +248,8 @@ class Trainer:
             self._resume(loop, previous)
         if loop.main:
             self._prepare_output_dir()
+            for message in spec_warnings(spec):
+                self._warn(message)
         return loop
 
     def _prepare_output_dir(self) -> None:
@@ -548,6 +552,9 @@ class Trainer:
             "plmforge.objectives": ",".join(spec.objective_labels()),
             "plmforge.spec_sha256": spec_sha256(spec.to_dict()),
             "plmforge.spec_name": spec.name,
+            # seed replicates (``train --seeds``) and later runs of the same spec share the group; compare pools them
+            "plmforge.replicate_group": replicate_group(flatten(spec.to_dict())),
+            "plmforge.seed": spec.seed,
             "plmforge.num_parameters": backend.num_parameters(),
             **({"plmforge.init_from": str(Path(spec.model.init_from).expanduser().resolve())}
                if spec.model.init_from else {}),
@@ -571,3 +578,125 @@ class Trainer:
 def train(spec: Spec, resume: bool = False, **kwargs: Any) -> RunResult:
     """Train ``spec`` (see :class:`Trainer`)."""
     return Trainer(spec, **kwargs).run(resume=resume)
+
+
+def check_inputs(spec: Spec, where: str) -> None:
+    """What ``plmforge validate`` reads beyond the spec: data files as a run reads them and ``model.init_from``.
+
+    A bad record or an empty split is found now rather than when training starts; ``where`` names the spec.
+    """
+    data = spec.data
+    if any(s and not s.startswith("builtin:") for s in (data.source, data.validation_source)):
+        from plmforge.core.data.sources import load_splits
+
+        load_splits(data)
+    if spec.model.init_from is not None:  # a fully resolved model section does not need it to validate
+        checkpoint.resolve_checkpoint(spec.model.init_from, f"{where}: model.init_from")
+
+
+# -- seed replicates ---------------------------------------------------------------------------------
+
+
+class ReplicateFailed(PlmforgeError):
+    """One replicate of ``train --seeds`` failed; ``finished`` holds the (seed, result) pairs done before it."""
+
+    def __init__(self, message: str, seed: int, finished: list[tuple[int, RunResult]]):
+        super().__init__(message)
+        self.seed, self.finished = seed, finished
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``"0,1,2"``, ``"0-2"`` or a mix (``"0-2,7"``) as a list of distinct seeds, in the order given."""
+    from plmforge.core.spec import MAX_SEED
+
+    seeds: list[int] = []
+    for part in (p.strip() for p in text.split(",")):
+        match = re.fullmatch(r"(\d+)(?:\s*-\s*(\d+))?", part)
+        if not match:
+            raise PlmforgeError(f"--seeds {text!r}: {part!r} is not a seed or a range (use e.g. 0,1,2 or 0-2)")
+        first, last = int(match.group(1)), int(match.group(2) or match.group(1))
+        if last < first:
+            raise PlmforgeError(f"--seeds {text!r}: the range {part!r} runs backwards")
+        if last > MAX_SEED:
+            raise PlmforgeError(f"--seeds {text!r}: seeds go from 0 to {MAX_SEED}")
+        if last - first >= 1000:
+            raise PlmforgeError(f"--seeds {text!r}: {part!r} asks for {last - first + 1} replicates; at most 1000")
+        seeds += range(first, last + 1)
+    repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+    if repeated:
+        raise PlmforgeError(f"--seeds {text!r}: seed {repeated[0]} is given twice")
+    return seeds
+
+
+def replicate_spec(spec: Spec, seed: int) -> Spec:
+    """``spec`` with this seed, output ``<output_dir>/seed-<seed>`` and MLflow run name ``<run name> seed <seed>``.
+
+    The spec's ``name`` stays, so the replicates share it (and ``plmforge.spec_name``); only what must differ
+    per replicate changes. Re-validated from its resolved form, as a run's own ``spec.yaml`` would be.
+    """
+    from plmforge.core.spec import validate_spec
+
+    raw = spec.to_dict()
+    raw["seed"] = seed
+    raw["output_dir"] = str(spec.resolved_output_dir / f"seed-{seed}")
+    raw["tracking"] = {**raw["tracking"], "run_name": f"{spec.tracking.run_name or spec.name} seed {seed}"}
+    return validate_spec(raw, source=f"{spec.name} (seed {seed})", check_machine=True)
+
+
+def replicate_finished(spec: Spec) -> bool:
+    """Whether a replicate's run is done: its final checkpoint is written and its MLflow run (if any) FINISHED.
+
+    ``train --seeds ... --resume`` skips such replicates instead of re-running their downstream tasks.
+    """
+    import json
+
+    latest = checkpoint.latest_checkpoint(spec.resolved_output_dir)
+    if latest is None or int(latest.name.rsplit("-", 1)[-1]) < spec.training.steps:
+        return False
+    run_id = json.loads((latest / checkpoint.TRAINER_STATE).read_text()).get("tracking_run_id")
+    if not run_id:
+        return True
+    try:
+        from mlflow.tracking import MlflowClient
+
+        from plmforge.core.tracking import resolve_tracking_uri
+
+        status = MlflowClient(resolve_tracking_uri(spec.tracking.tracking_uri)).get_run(run_id).info.status
+    except Exception:  # noqa: BLE001 - store unreachable: resume it, which redoes only the tasks
+        return False
+    return status == "FINISHED"
+
+
+def train_replicates(spec: Spec, seeds: list[int], resume: bool = False,
+                     on_start: Callable[[int, Spec, str], None] = lambda seed, spec, action: None,
+                     on_result: Callable[[int, Spec, RunResult], None] = lambda seed, spec, result: None,
+                     **kwargs: Any) -> list[tuple[int, RunResult]]:
+    """Train one replicate of ``spec`` per seed, one after another (see :func:`replicate_spec`).
+
+    With ``resume`` each replicate continues from its own checkpoints, starts afresh when it has none and is
+    skipped when it already finished. A failing replicate stops the loop with :class:`ReplicateFailed` naming
+    its seed; the replicates before it keep their checkpoints and MLflow runs. ``on_start(seed, spec, action)``
+    (action: "train", "resume" or "skip") and ``on_result`` let a caller report as it goes.
+    """
+    done: list[tuple[int, RunResult]] = []
+    for seed in seeds:
+        replicate = replicate_spec(spec, seed)
+        latest = checkpoint.latest_checkpoint(replicate.resolved_output_dir)
+        action = "train" if not resume or latest is None else "skip" if replicate_finished(replicate) else "resume"
+        on_start(seed, replicate, action)
+        if action == "skip":
+            continue
+        try:
+            result = train(replicate, resume=action == "resume", **kwargs)
+        except KeyboardInterrupt:
+            raise
+        except Exception as exc:
+            finished = ", ".join(str(s) for s, _ in done) or "none"
+            rest = ",".join(str(s) for s in seeds[seeds.index(seed):])
+            raise ReplicateFailed(
+                f"replicate seed {seed} ({replicate.resolved_output_dir}) failed: {exc}\n"
+                f"replicates finished in this call: {finished} (their checkpoints and MLflow runs are kept); "
+                f"after fixing the cause, continue with --seeds {rest} --resume", seed, done) from exc
+        done.append((seed, result))
+        on_result(seed, replicate, result)
+    return done

@@ -1,14 +1,17 @@
-"""`plmforge compare`: runs side by side from MLflow, written directly with MlflowClient (no training)."""
+"""`plmforge compare`: runs side by side from MLflow, written directly with MlflowClient (one slow test trains
+seed replicates for real)."""
 
 from __future__ import annotations
 
 import csv
 import io
+import re
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -272,3 +275,249 @@ def test_limit_keeps_the_most_recent_runs_oldest_first(store):
     both = cli("--tracking-uri", uri, "--limit", "1", "--runs", ids["eval"])
     assert both.exit_code != 0 and "--limit picks among an experiment's runs" in both.output
     assert cli("--tracking-uri", uri, "--limit", "0").exit_code != 0  # click: 0 is not in the range
+
+
+# -- uncertainty: intervals, paired significance, baseline differences, seed replicates ------------------------
+
+PROTEINS = 40
+RESAMPLES = 400
+
+
+def outcomes_of(per_protein: dict[str, np.ndarray], ids: list[str] | None = None, seed: int = 0):
+    """Outcomes of per-protein scores (metric = mean over proteins), bootstrapped as the evaluation does:
+    the same n, B and seed give the same resamples, so two runs' distributions are paired."""
+    from plmforge.core.uncertainty import Outcomes, bootstrap_metrics
+
+    names = list(per_protein)
+    table = np.stack([per_protein[name] for name in names], axis=1)  # [n, M]
+
+    def statistic(indices, axis=-1):
+        return np.moveaxis(table[indices].mean(axis=-2), -1, 0)  # [B, n, M] -> [M, B]
+
+    n = len(table)
+    low, high, replicates = bootstrap_metrics(statistic, n, RESAMPLES, seed, 0.95, vectorized=True)
+    return Outcomes(np.array(ids or [f"p{i}" for i in range(n)]), names, table.mean(axis=0), low, high, replicates,
+                    RESAMPLES, seed, 0.95, 1)
+
+
+def log_evaluated(client, experiment_id, name, tmp_path, tasks, params=None, tags=None, artifacts=True, loss=2.0):
+    """A parent run with task metrics, their _ci bounds and (``artifacts``) outcomes/<task>/model.npz files."""
+    from mlflow.entities import Metric, Param, RunTag
+
+    from plmforge.core.uncertainty import write_outcomes
+
+    run_id = client.create_run(experiment_id, run_name=name, tags={"plmforge.kind": "pretrain", **(tags or {})}
+                               ).info.run_id
+    metrics = []
+    for task, outcome in tasks.items():
+        for metric in outcome.metric_names:
+            point, low, high = outcome.interval(metric)
+            metrics += [Metric(f"task/{task}/{metric}", point, 0, 0), Metric(f"task/{task}/{metric}_ci_low", low, 0, 0),
+                        Metric(f"task/{task}/{metric}_ci_high", high, 0, 0)]
+        if artifacts:
+            folder = tmp_path / run_id / task
+            write_outcomes(folder / "model.npz", outcome)
+            client.log_artifact(run_id, str(folder / "model.npz"), f"outcomes/{task}")
+    metrics.append(Metric("train/loss", loss, 0, 5))
+    client.log_batch(run_id, metrics=metrics, params=[Param(k, v) for k, v in (params or {}).items()],
+                     tags=[RunTag("plmforge.backend", "torch")])
+    client.set_terminated(run_id)
+    return run_id
+
+
+@pytest.fixture(scope="module")
+def scored(tmp_path_factory):
+    """Experiment 'paired': A; B = A + 0.03 on every protein (a small, consistent gain: significant only paired);
+    C = A + noise (a tie); D like B but logged before outcomes existed (no artifacts). Experiment 'seeds': three
+    replicates of one spec (tagged) and one of another spec."""
+    from mlflow.tracking import MlflowClient
+
+    tmp_path = tmp_path_factory.mktemp("scored")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    rng = np.random.default_rng(1)
+    base = rng.uniform(0.3, 0.9, PROTEINS)  # proteins differ a lot: unpaired intervals are wide
+    loc = rng.integers(0, 2, PROTEINS).astype(float)
+    ids = {}
+    paired = client.create_experiment("paired")
+    ids["a"] = log_evaluated(client, paired, "arm-a", tmp_path, {
+        "ss3": outcomes_of({"q3": base}), "loc": outcomes_of({"accuracy": loc})}, params={"arm": "a"}, loss=2.2)
+    ids["b"] = log_evaluated(client, paired, "arm-b", tmp_path, {
+        "ss3": outcomes_of({"q3": base + 0.03 + rng.normal(0, 0.005, PROTEINS)}),
+        "loc": outcomes_of({"accuracy": np.where(np.arange(PROTEINS) < 2, 1.0, loc)})}, params={"arm": "b"},
+        loss=2.1)
+    ids["c"] = log_evaluated(client, paired, "arm-c", tmp_path, {
+        "ss3": outcomes_of({"q3": base + rng.normal(0, 0.05, PROTEINS)})}, params={"arm": "c"})
+    ids["d"] = log_evaluated(client, paired, "arm-d-old", tmp_path, {
+        "ss3": outcomes_of({"q3": base + 0.031})}, params={"arm": "d"}, artifacts=False)
+
+    seeds = client.create_experiment("seeds")
+    for seed, shift in zip((0, 1, 2), (0.0, 0.02, 0.04)):
+        tags = {"plmforge.replicate_group": "g1", "plmforge.seed": str(seed), "plmforge.spec_name": "tiny"}
+        ids[f"s{seed}"] = log_evaluated(client, seeds, f"tiny seed {seed}", tmp_path, {
+            "ss3": outcomes_of({"q3": base + shift})}, params={"name": "tiny", "seed": str(seed), "lr": "0.001"},
+            tags=tags)
+    ids["other"] = log_evaluated(client, seeds, "other", tmp_path, {"ss3": outcomes_of({"q3": base})},
+                                 params={"name": "other", "seed": "0", "lr": "0.003"},
+                                 tags={"plmforge.replicate_group": "g2", "plmforge.seed": "0"})
+    return uri, ids
+
+
+def cells(output: str, name: str) -> list[str]:
+    """The cells of the table row of ``name`` (rich's box characters split them)."""
+    (line,) = [line for line in output.splitlines() if line.startswith("│") and f" {name} (" in line]
+    return [c.strip() for c in re.split(r"[│┃|]", line)[1:-1]]
+
+
+def column(output: str, header: str) -> int:
+    line = next(line for line in output.splitlines() if "run" in line and header in line)
+    return [c.strip() for c in re.split(r"[│┃|]", line)[1:-1]].index(header)
+
+
+def test_intervals_in_cells_and_significance_paired_on_the_same_proteins(scored):
+    uri, ids = scored
+    out = cli("--tracking-uri", uri, "-e", "paired")
+    assert out.exit_code == 0, out.output
+    text = out.stdout
+    header = text.splitlines()[1]
+    assert "task/ss3/q3" in header and "_ci_" not in header  # bounds are folded into their column
+    q3, acc = column(text, "task/ss3/q3"), column(text, "task/loc/accuracy")
+    a, b, c = cells(text, "arm-a"), cells(text, "arm-b"), cells(text, "arm-c")
+    assert re.fullmatch(r"0\.\d{4} \[0\.\d{3}, 0\.\d{3}\][*≈]?", a[q3]), a[q3]
+    # D (no outcomes) is best by a hair; compared with it unpaired, every interval overlaps: all tied
+    assert all(cells(text, name)[q3].endswith("≈") for name in ("arm-a", "arm-b", "arm-c", "arm-d-old"))
+    assert "unpaired: no per-protein outcomes for run arm-d-old" in text
+    # loc: B gains 2 of 40 proteins only: not significant, a tie of A and B
+    assert a[acc].endswith("≈") and b[acc].endswith("≈")
+    assert "not significantly different from the best" in text
+    assert "1.0000" not in c[acc]  # C logged no loc metric: missing
+    # without the old run, B is significantly best (paired), though its interval overlaps A's
+    pair = cli("--tracking-uri", uri, "--runs", ids["a"], ids["b"], ids["c"])
+    b = cells(pair.stdout, "arm-b")
+    assert b[q3].endswith("*") and "unpaired" not in pair.stdout, pair.stdout
+    low_b = float(b[q3].split("[")[1].split(",")[0])
+    high_a = float(cells(pair.stdout, "arm-a")[q3].split(", ")[1].rstrip("] "))
+    assert low_b < high_a  # overlapping intervals: only the pairing makes the difference significant
+    assert "* best in column, significantly better than every other row" in pair.stdout
+    assert "2.0000*" in cells(pair.stdout, "arm-c")  # train/loss (no intervals) keeps the plain mark
+
+
+def test_baseline_adds_paired_differences(scored):
+    uri, ids = scored
+    out = cli("--tracking-uri", uri, "-e", "paired", "--baseline", ids["a"][:8])
+    assert out.exit_code == 0, out.output
+    text = out.stdout
+    q3 = column(text, "task/ss3/q3")
+    assert "(baseline)" in next(line for line in text.splitlines() if "arm-a" in line)
+    (delta_b,) = [line for line in text.splitlines() if "Δ arm-b" in line]
+    diff = [c.strip() for c in re.split(r"[│┃|]", delta_b)[1:-1]][q3]
+    value, low, high = (float(x) for x in re.fullmatch(r"([+-][\d.]+) \[([+-][\d.]+), ([+-][\d.]+)\]", diff).groups())
+    assert 0.025 < value < 0.035 and 0 < low < value < high < 0.04  # paired: tight around +0.03
+    (delta_d,) = [line for line in text.splitlines() if "Δ arm-d-old" in line]
+    diff_d = [c.strip() for c in re.split(r"[│┃|]", delta_d)[1:-1]][q3]
+    assert diff_d.endswith("†") and float(diff_d.split("[")[1].split(",")[0]) < 0  # unpaired: wide, spans 0
+    assert not [line for line in text.splitlines() if "Δ arm-a" in line]
+    assert "Δ rows: difference to the baseline arm-a" in text
+    rows = list(csv.DictReader(io.StringIO(
+        cli("--tracking-uri", uri, "-e", "paired", "--baseline", ids["a"], "--format", "csv").stdout)))
+    b_row = next(r for r in rows if r["run"] == "arm-b")
+    assert b_row["task/ss3/q3_delta_paired"] == "true" and float(b_row["task/ss3/q3_delta_low"]) > 0
+    assert next(r for r in rows if r["run"] == "arm-d-old")["task/ss3/q3_delta_paired"] == "false"
+    assert float(b_row["task/ss3/q3_ci_low"]) < float(b_row["task/ss3/q3"]) < float(b_row["task/ss3/q3_ci_high"])
+    assert not any(key.endswith("_ci_low_ci_low") for key in b_row)
+    unknown = cli("--tracking-uri", uri, "-e", "paired", "--baseline", "ffffffff")
+    assert unknown.exit_code == 1 and "unknown run id 'ffffffff'" in unknown.output
+
+
+def test_seed_replicates_are_pooled(scored):
+    uri, ids = scored
+    out = cli("--tracking-uri", uri, "-e", "seeds")
+    assert out.exit_code == 0, out.output
+    text = out.stdout
+    q3 = column(text, "task/ss3/q3")
+    pooled = [c.strip() for c in re.split(r"[│┃|]", next(line for line in text.splitlines()
+                                                          if "tiny [seeds 0,1,2]" in line))[1:-1]]
+    mean, sd, low, high = (float(x) for x in re.match(r"([\d.]+) ± ([\d.]+) \[([\d.]+), ([\d.]+)\]",
+                                                       pooled[q3]).groups())
+    single = [float(x) for x in re.findall(r"[\d.]+", cells(text, "other")[q3])[:3]]
+    assert abs(sd - 0.02) < 1e-3 and abs(mean - (single[0] + 0.02)) < 1e-3
+    assert high - low > single[2] - single[1]  # the pooled interval includes the seed spread
+    assert "tiny seed" not in text and len([line for line in text.splitlines() if "│" in line]) == 2
+    assert "seed replicates pooled" in text
+    listed = cli("--tracking-uri", uri, "-e", "seeds", "--replicates").stdout
+    apart = cli("--tracking-uri", uri, "-e", "seeds", "--no-group").stdout
+    assert len([line for line in apart.splitlines() if line.startswith("│")]) == 4 and "[seeds" not in apart
+    assert all(f"└ seed {s}: tiny seed {s}" in listed for s in (0, 1, 2))
+    rows = list(csv.DictReader(io.StringIO(cli("--tracking-uri", uri, "-e", "seeds", "--format", "csv").stdout)))
+    assert [r["seeds"] for r in rows] == ["0;1;2", "0"] and rows[0]["task/ss3/q3_n"] == "3"
+    assert rows[0]["run_id"] == ";".join(ids[f"s{s}"] for s in range(3))
+    base = cli("--tracking-uri", uri, "-e", "seeds", "--baseline", ids["s1"]).stdout  # a replicate: its group
+    assert "is a seed replicate" in base and "Δ other" in base
+
+
+def test_grouping_and_marks_as_data():
+    from plmforge.core.compare import replicate_group
+
+    params = {"name": "x", "seed": "0", "output_dir": "runs/x", "tracking.run_name": "a", "lr": "1"}
+    same = {**params, "seed": "1", "output_dir": "runs/x/seed-1", "tracking.run_name": "x seed 1"}
+    assert replicate_group(params) == replicate_group(same) != replicate_group({**params, "lr": "2"})
+
+    def run(name, seed, tags=None, **metrics):
+        return RunSummary(run_id=name * 4, name=name, experiment="e", params={**params, "seed": seed},
+                          metrics=metrics, tags=tags or {})
+
+    tagged = {"plmforge.replicate_group": replicate_group(params), "plmforge.seed": "2"}
+    comparison = build_comparison([run("a", "0", **{"val/loss": 2.0}), run("b", "1", **{"val/loss": 1.0}),
+                                   run("c", "2", tagged, **{"val/loss": 3.0})])  # tag and params agree
+    (pooled,) = comparison.runs
+    assert [m.name for m in pooled.members] == ["a", "b", "c"] and comparison.values("val/loss") == [2.0]
+    assert comparison.spread[0, comparison.index("val/loss")] == (1.0, 3)
+    rerun = build_comparison([run("a", "0", **{"val/loss": 2.0}), run("b", "0", **{"val/loss": 1.0})])
+    assert len(rerun.runs) == 2 and any("reruns, not replicates" in n for n in rerun.notes)
+    apart = build_comparison([run("a", "0"), run("b", "1")], group=False)
+    assert len(apart.runs) == 2
+
+
+def test_plot_draws_intervals_references_and_pooled_rows(scored, tmp_path):
+    uri, _ = scored
+    path = tmp_path / "seeds.png"
+    out = cli("--tracking-uri", uri, "-e", "seeds", "--references", "--plot", str(path))
+    assert out.exit_code == 0 and path.read_bytes()[:8] == PNG
+
+
+@pytest.mark.slow
+def test_train_seeds_runs_replicates_that_compare_pools(tmp_path):
+    """A real ``train --seeds 0-1`` of a tiny spec: two runs, tagged as one group, pooled by compare."""
+    import yaml
+    from helpers import tiny_spec_dict
+    from mlflow.tracking import MlflowClient
+
+    from plmforge.core.compare import replicate_group
+
+    spec = tiny_spec_dict(tmp_path, steps=2, eval_every=2, checkpoint_every=2)
+    spec["tracking"]["log_checkpoint"] = False
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    out = CliRunner().invoke(main, ["train", str(path), "--seeds", "0-1", "--no-progress"])
+    assert out.exit_code == 0, out.output
+    assert "replicate seed 1 (2/2): training" in out.output and "2 replicate(s) of 'tiny' trained" in out.output
+    for seed in (0, 1):
+        assert (tmp_path / "run" / f"seed-{seed}" / "checkpoints" / "step-000002").is_dir()
+    uri = spec["tracking"]["tracking_uri"]
+    client = MlflowClient(tracking_uri=uri)
+    runs = client.search_runs([client.get_experiment_by_name("tests").experiment_id],
+                              order_by=["attributes.start_time ASC"])
+    assert [r.info.run_name for r in runs] == ["tiny seed 0", "tiny seed 1"]
+    assert [r.data.tags["plmforge.seed"] for r in runs] == ["0", "1"]
+    groups = {r.data.tags["plmforge.replicate_group"] for r in runs}
+    assert groups == {replicate_group(runs[0].data.params)}  # a run logged without the tag groups the same
+    table = cli("--tracking-uri", uri, "-e", "tests").stdout
+    (pooled,) = [line for line in table.splitlines() if "tiny [seeds 0,1]" in line]
+    assert pooled.count("±") == 2, table  # train/loss and val/loss: mean ± sd over the two seeds
+    again = CliRunner().invoke(main, ["train", str(path), "--seeds", "0,1", "--resume", "--no-progress"])
+    assert again.exit_code == 0 and again.output.count("already finished, skipped") == 2, again.output
+    fresh = CliRunner().invoke(main, ["train", str(path), "--seeds", "1,0", "--no-progress"])
+    assert fresh.exit_code == 1 and "replicate seed 1" in fresh.output and "already holds checkpoints" in fresh.output
+    assert "continue with --seeds 1,0 --resume" in fresh.output
+    bad = CliRunner().invoke(main, ["train", str(path), "--seeds", "2-1"])
+    assert bad.exit_code == 1 and "runs backwards" in bad.output
