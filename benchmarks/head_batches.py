@@ -21,10 +21,11 @@ import numpy as np
 from _common import QUICKSTART, environment, interleaved_rounds, print_environment, summarize, write_json
 
 from plmforge.core.build import build_backend, build_objectives
-from plmforge.core.evaluation import SPLITS, load_tasks, one_hot, prepared_splits, standardize
+from plmforge.core.evaluation import SPLITS, load_tasks, prepared_splits, standardize
 from plmforge.core.heads import HeadData
 from plmforge.core.registry import Registry
 from plmforge.core.spec import load_spec
+from plmforge.plugins.references.onehot import one_hot
 
 
 def random_batches(lengths, batch_size, rng=None):

@@ -44,20 +44,44 @@ _SET = click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
 
 @main.command()
 @click.argument("spec", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--resume", is_flag=True, help="Continue from the last checkpoint in the output directory.")
+@click.option("--resume", is_flag=True, help="Continue from the last checkpoint in the output directory "
+              "(with --seeds: each replicate from its own; finished replicates are skipped).")
+@click.option("--seeds", default=None, metavar="LIST",
+              help="Train seed replicates one after another, e.g. 0,1,2 or 0-2: each in <output_dir>/seed-<s>, "
+                   "its own MLflow run named '<name> seed <s>'; `plmforge compare` pools them into one row.")
 @_SET
 @click.option("--no-progress", is_flag=True, help="No progress bar or step lines.")
-def train(spec: Path, resume: bool, overrides: tuple[str, ...], no_progress: bool) -> None:
+def train(spec: Path, resume: bool, seeds: str | None, overrides: tuple[str, ...], no_progress: bool) -> None:
     """Pretrain a model as SPEC describes, logging to MLflow."""
+    from plmforge.core.run import parse_seeds, train_replicates
     from plmforge.core.run import train as run_training
     from plmforge.core.spec import load_spec
 
+    chosen = parse_seeds(seeds) if seeds is not None else None
     loaded = load_spec(spec, list(overrides), check_machine=True)
     try:
-        result = run_training(loaded, resume=resume, show_progress=not no_progress)
+        if chosen is None:
+            _report_training(loaded, run_training(loaded, resume=resume, show_progress=not no_progress))
+            return
+
+        def starting(seed: int, replicate, action: str) -> None:
+            what = {"train": "training", "resume": "resuming", "skip": "already finished, skipped:"}[action]
+            click.echo(f"replicate seed {seed} ({chosen.index(seed) + 1}/{len(chosen)}): {what} "
+                       f"{replicate.resolved_output_dir}")
+
+        done = train_replicates(loaded, chosen, resume=resume, on_start=starting,  # a failure names its seed
+                                on_result=lambda seed, replicate, result: _report_training(replicate, result),
+                                show_progress=not no_progress)
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         sys.exit(130)
+    if done and done[0][1].main_process:
+        click.echo(f"{len(done)} replicate(s) of {loaded.name!r} trained (seeds {', '.join(str(s) for s, _ in done)}); "
+                   f"compare them pooled: plmforge compare -e {loaded.tracking.experiment!r}")
+
+
+def _report_training(loaded, result) -> None:
+    """What ``train`` prints after a run: final metrics, task outcomes, checkpoint and MLflow run."""
     if not result.main_process:  # torchrun: the main process reports
         return
     click.echo(f"finished {result.step} steps of {loaded.name!r}")
@@ -87,21 +111,48 @@ def train(spec: Path, resume: bool, overrides: tuple[str, ...], no_progress: boo
 
 @main.command()
 @click.argument("spec", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--checkpoint", required=True, type=click.Path(path_type=Path),
+@click.option("--checkpoint", type=click.Path(path_type=Path), default=None,
               help="A checkpoint directory, or a run directory (its latest checkpoint).")
+@click.option("--embeddings", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Score precomputed per-residue embeddings (a .safetensors file as `plmforge embed` writes, "
+                   "one tensor per protein of --write-proteins) as the model's row, instead of a checkpoint.")
+@click.option("--write-proteins", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Only write the proteins the spec's tasks use to this FASTA (ids are sequence digests), "
+                   "to embed with any model for --embeddings.")
 @_SET
 @click.option("--json", "as_json", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the metrics of every task and reference row to this JSON file.")
 @click.option("--no-progress", is_flag=True, help="No progress lines.")
-def evaluate(spec: Path, checkpoint: Path, overrides: tuple[str, ...], as_json: Path | None,
-             no_progress: bool) -> None:
-    """Run the downstream tasks of SPEC on a checkpoint, as an MLflow evaluation run with nested task runs."""
-    from plmforge.core.evaluation import evaluate_checkpoint, outcomes_json, outcomes_table
-    from plmforge.core.progress import say
+def evaluate(spec: Path, checkpoint: Path | None, embeddings: Path | None, write_proteins: Path | None,
+             overrides: tuple[str, ...], as_json: Path | None, no_progress: bool) -> None:
+    """Run the downstream tasks of SPEC on a checkpoint (or on precomputed embeddings), as an MLflow
+    evaluation run with nested task runs. See docs/references.md for scoring any model's embeddings."""
     from plmforge.core.spec import load_spec
 
+    given = [name for name, value in (("--checkpoint", checkpoint), ("--embeddings", embeddings),
+                                      ("--write-proteins", write_proteins)) if value is not None]
+    if len(given) != 1:
+        raise PlmforgeError("give one of --checkpoint, --embeddings or --write-proteins"
+                            + (f" (got {' and '.join(given)})" if given else ""))
     loaded = load_spec(spec, list(overrides))
-    outcomes, run_id = evaluate_checkpoint(loaded, checkpoint, say=(lambda text: None) if no_progress else say)
+    if write_proteins is not None:
+        from plmforge.core.precomputed import write_task_proteins
+
+        count, tasks = write_task_proteins(loaded, write_proteins)
+        click.echo(f"wrote {count} proteins of {tasks} task{'s' if tasks != 1 else ''} to {write_proteins}; embed "
+                   f"them (e.g. `plmforge embed CHECKPOINT {write_proteins} -o embeddings.safetensors`) and run "
+                   f"`plmforge evaluate {spec} --embeddings embeddings.safetensors`")
+        return
+    from plmforge.core.evaluation import evaluate_checkpoint, outcomes_json, outcomes_table
+    from plmforge.core.progress import say, warn
+
+    quiet = (lambda text: None) if no_progress else say
+    if embeddings is not None:
+        from plmforge.core.precomputed import evaluate_embeddings
+
+        outcomes, run_id = evaluate_embeddings(loaded, embeddings, say=quiet, warn=warn)
+    else:
+        outcomes, run_id = evaluate_checkpoint(loaded, checkpoint, say=quiet, warn=warn)
     click.echo(outcomes_table(outcomes))
     if as_json is not None:
         as_json.write_text(outcomes_json(outcomes) + "\n")
@@ -115,20 +166,19 @@ def evaluate(spec: Path, checkpoint: Path, overrides: tuple[str, ...], as_json: 
 @click.option("--print", "print_spec", is_flag=True, help="Print the resolved spec (all defaults filled).")
 def validate(spec: Path, overrides: tuple[str, ...], print_spec: bool) -> None:
     """Check SPEC (and the plugins and files it names) without training."""
+    from plmforge.core.run import check_inputs
     from plmforge.core.spec import load_spec
 
     loaded = load_spec(spec, list(overrides), check_machine=True)  # the files, devices and output it needs too
-    if any(s and not s.startswith("builtin:") for s in (loaded.data.source, loaded.data.validation_source)):
-        from plmforge.core.data.sources import load_splits
-
-        load_splits(loaded.data)  # read as train reads them: a bad record or an empty split is found now
-    if loaded.model.init_from is not None:  # a fully resolved model section does not need it to validate
-        from plmforge.core.checkpoint import resolve_checkpoint
-
-        resolve_checkpoint(loaded.model.init_from, f"{spec}: model.init_from")
+    check_inputs(loaded, str(spec))
     if print_spec:
         click.echo(loaded.to_yaml(), nl=False)
         return
+    from plmforge.core.progress import warn
+    from plmforge.core.spec import spec_warnings
+
+    for message in spec_warnings(loaded):
+        warn(message)
     objectives = ", ".join(f"{e.label or e.name} (weight {e.weight:g})" for e in loaded.objectives)
     click.echo(f"{spec}: valid")
     click.echo(f"  backend {loaded.backend.name}; objectives {objectives}")
@@ -137,7 +187,7 @@ def validate(spec: Path, overrides: tuple[str, ...], print_spec: bool) -> None:
     click.echo(f"  {loaded.training.steps} steps; output {loaded.resolved_output_dir}")
     if loaded.tasks:
         tasks = ", ".join(f"{t.label or t.name} ({t.name})" for t in loaded.tasks)
-        references = ", ".join(loaded.evaluation.references) or "none"
+        references = ", ".join(r.reference_label() for r in loaded.evaluation.references) or "none"
         click.echo(f"  tasks {tasks}; references {references}")
 
 
@@ -226,7 +276,7 @@ def generate(checkpoint: Path, prompts: tuple[str, ...], fasta: Path | None, kee
              beams: int, temperature: float, top_k: int | None, num_samples: int, max_new_tokens: int, seed: int,
              prefix: str, backend_name: str | None, output: Path | None) -> None:
     """Complete protein sequences with CHECKPOINT's decoder (a model trained with `completion`)."""
-    from plmforge.core.generation import GenerationConfig, generate_from_checkpoint
+    from plmforge.core.generation import generate_from_checkpoint, generation_config, sampled_prompts
 
     named = [(f"prompt{i + 1}", p.strip().upper()) for i, p in enumerate(prompts)]
     if fasta is not None:
@@ -236,14 +286,9 @@ def generate(checkpoint: Path, prompts: tuple[str, ...], fasta: Path | None, kee
         named += list(zip(records.ids, records.sequences))
     if not named:
         raise PlmforgeError("nothing to complete: give --prompt SEQUENCE or --fasta FILE")
-    if num_samples > 1 and strategy != "sample":
-        raise PlmforgeError("--num-samples > 1 needs --strategy sample (greedy and beam search are deterministic)")
-    named = [(name if num_samples == 1 else f"{name}#{k}", seq) for name, seq in named for k in range(num_samples)]
-    try:
-        config = GenerationConfig(strategy=strategy, max_new_tokens=max_new_tokens, beams=beams,
-                                  temperature=temperature, top_k=top_k, seed=seed)
-    except ValueError as exc:
-        raise PlmforgeError(str(exc)) from None
+    named = sampled_prompts(named, num_samples, strategy)
+    config = generation_config(strategy=strategy, max_new_tokens=max_new_tokens, beams=beams,
+                               temperature=temperature, top_k=top_k, seed=seed)
     results = generate_from_checkpoint(checkpoint, named, config, keep=keep, prefix=prefix or None,
                                        backend_name=backend_name)
     lines = []
@@ -289,9 +334,13 @@ def convert(source: Path, dest: Path, target: str | None, force: bool) -> None:
                    f"{done.vocab_size}) from {done.source}")
         if done.dropped:
             click.echo(f"  left out (not T5 parameters): {', '.join(done.dropped)}")
-        click.echo(f"  load it with transformers: T5ForConditionalGeneration.from_pretrained({str(dest)!r})"
-                   if s["num_decoder_layers"] else
-                   f"  load it with transformers: T5EncoderModel.from_pretrained({str(dest)!r})")
+        model_class = "T5ForConditionalGeneration" if s["num_decoder_layers"] else "T5EncoderModel"
+        if done.tokenizer:
+            click.echo(f"  load it with transformers: {model_class}.from_pretrained({str(dest)!r}) and "
+                       f"AutoTokenizer.from_pretrained({str(dest)!r}) (plmforge's token ids; '</s>' appended)")
+        else:
+            click.echo(f"  load it with transformers: {model_class}.from_pretrained({str(dest)!r}); no tokenizer "
+                       f"files: the tokens of its {done.vocab_size} embedding rows are not known")
     else:
         click.echo(f"wrote plmforge checkpoint {dest} (step 0, d_model {s['d_model']}, {layers}, vocabulary "
                    f"{done.vocab_size}, spec objective {', '.join(done.objectives)}) from {done.source}")
@@ -313,17 +362,27 @@ def convert(source: Path, dest: Path, target: str | None, force: bool) -> None:
               help="Metrics to show, fnmatch pattern (repeatable); replaces the default train/loss, val/loss, task/*.")
 @click.option("--references", is_flag=True, help="Also show the reference/* metrics (one-hot and random baselines).")
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "markdown"]), default="table", show_default=True,
-              help="csv: raw values for scripts (no best marks); markdown: best in bold, for docs.")
+              help="csv: raw values, intervals in _ci_low/_ci_high columns (no marks); markdown: for docs.")
+@click.option("--baseline", default=None, metavar="RUN",
+              help="Add rows with each run's difference to this run (full or short id), with its interval: "
+                   "paired over the same test proteins where both runs saved per-protein outcomes.")
+@click.option("--replicates", is_flag=True,
+              help="Also list the seed replicates under their pooled row (replicates are pooled by default).")
+@click.option("--no-group", is_flag=True, help="Do not pool seed replicates: every run is a row of its own.")
 @click.option("--plot", type=click.Path(dir_okay=False, path_type=Path),
-              help="Also write a PNG of loss curves and downstream task metrics.")
+              help="Also write a PNG of loss curves and downstream task metrics with their intervals.")
 @click.option("--tracking-uri", default=None, metavar="URI",
               help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db).")
 def compare(run_ids: tuple[str, ...], experiments: tuple[str, ...], runs: tuple[str, ...], limit: int | None,
-            metrics: tuple[str, ...], references: bool, fmt: str, plot: Path | None, tracking_uri: str | None) -> None:
-    """Runs side by side: differing spec params, final losses, task metrics; best per column marked *.
+            metrics: tuple[str, ...], references: bool, fmt: str, baseline: str | None, replicates: bool,
+            no_group: bool, plot: Path | None, tracking_uri: str | None) -> None:
+    """Runs side by side: differing spec params, final losses, task metrics with intervals; best marked *.
 
     Rows are top-level runs (pretraining and evaluations); the per-task child runs are summed up in their
-    parent's task/* columns. With runs from several experiments an experiment column is added.
+    parent's task/* columns. With runs from several experiments an experiment column is added. A task
+    metric's best is marked * only where it is significantly better than every other row (paired bootstrap
+    over the same test proteins), else the tied cells get ≈. Seed replicates (runs whose specs differ only
+    in the seed) are pooled into one row: mean ± sd [interval including the seed spread].
     """
     from plmforge.core import compare as comparing
     from plmforge.core.tracking import resolve_tracking_uri
@@ -335,9 +394,25 @@ def compare(run_ids: tuple[str, ...], experiments: tuple[str, ...], runs: tuple[
     except comparing.NoRuns as exc:
         click.echo(str(exc), err=True)
         return
-    comparison = comparing.build_comparison(selected, list(metrics) or comparing.DEFAULT_METRICS, references)
+    baseline_id = None
+    if baseline is not None:
+        (base,) = source.select(run_ids=[baseline.strip()])
+        baseline_id = base.run_id
+        if all(run.run_id != base.run_id for run in selected):
+            selected.append(base)
+    comparison = comparing.build_comparison(selected, list(metrics) or comparing.DEFAULT_METRICS, references,
+                                            outcomes=source.outcomes, baseline=baseline_id, group=not no_group,
+                                            replicates=replicates)
     for pattern in comparison.unmatched if metrics else ():
         click.echo(f"note: no logged metric matches {pattern!r}", err=True)
+    if not comparison.metric_columns:
+        shown = ", ".join(list(metrics) or comparing.DEFAULT_METRICS)
+        children = " (these are per-task child runs: compare their parent runs)" \
+            if all(run.kind == "task" for run in selected) else ""
+        click.echo(f"note: these runs log none of the metrics shown ({shown}){children}; name others with --metric",
+                   err=True)
+    for problem in source.problems:
+        click.echo(f"note: {problem}", err=True)
     if fmt == "csv":
         click.echo(comparing.render_csv(comparison), nl=False)
     elif fmt == "markdown":

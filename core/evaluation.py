@@ -1,11 +1,14 @@
 """Downstream evaluation: each task's head fitted on a model's representations, logged as nested runs.
 
-For every task of the spec and every representation (the model itself, and the reference rows that
-show what pretraining buys: one-hot residues and a randomly initialised model of the same size), the
-evaluator builds :class:`HeadData`, lets the backend fit the head, turns the predictions into metrics
-with the task, and logs one nested MLflow run per pair under the parent (pretraining or evaluation)
+For every task of the spec and every representation (the model itself, and the reference plugins of
+``evaluation.references``: one-hot residues and a randomly initialised model of the same size show
+what pretraining buys, a published protein LM where a real one stands), the evaluator builds
+:class:`HeadData`, lets the backend fit the head, turns the predictions into metrics with the task,
+and logs one nested MLflow run per pair under the parent (pretraining or evaluation)
 run. The parent also gets the test metrics as ``task/<label>/<metric>`` (model) and
-``reference/<name>/<label>/<metric>`` (references), which is what ``plmforge compare`` reads.
+``reference/<ref>/<label>/<metric>`` (references), which is what ``plmforge compare`` reads. A
+reference that cannot be built or fails to embed is reported (tag ``plmforge.reference_error.<ref>``)
+and left out; the rest of the evaluation goes on.
 
 Frozen embeddings are cached on disk per model weights, prefix and protein set, so several heads on
 the same proteins (Q3 and Q8, say) embed them once, and re-evaluating a checkpoint embeds nothing.
@@ -29,52 +32,81 @@ from plmforge.core.backend import Backend
 from plmforge.core.build import build_model
 from plmforge.core.errors import PlmforgeError
 from plmforge.core.heads import HeadData, HeadResult
+from plmforge.core.reference import Reference, ReferenceContext
 from plmforge.core.registry import Registry
 from plmforge.core.task import SPLITS, Task, TaskData, TaskSplit
 from plmforge.core.tracking import Tracker, flatten
+from plmforge.core.uncertainty import Outcomes, task_outcomes, write_outcomes
 from plmforge.core.vocab import Vocab
 
 if TYPE_CHECKING:
     from plmforge.core.spec import Spec, TaskSection
 
-#: One-hot baseline alphabet: the 20 standard residues; anything else (X, U, B, ...) is all zeros.
-ONE_HOT_LETTERS = "ACDEFGHIKLMNPQRSTVWY"
-REFERENCE_NAMES = {"model": "model", "onehot": "one-hot", "random": "random init"}
+
+
+class _Titles(dict):
+    """Titles of rows in tables and run names; a row not listed shows its label."""
+
+    def __missing__(self, key: str) -> str:
+        return key
+
+
+#: The model's row and the default references; other references show their label (runs use their title).
+REFERENCE_NAMES: dict[str, str] = _Titles({"model": "model", "onehot": "one-hot", "random": "random init"})
 
 
 @dataclass
 class TaskOutcome:
-    """One fitted head: which task, on which representation, with its metrics per split."""
+    """One task on one representation: its metrics per split (means over head seeds) and test intervals."""
 
     label: str
-    reference: str  # "model", "onehot" or "random"
+    reference: str  # "model" or the reference's label
     metrics: dict[str, dict[str, float]]  # split -> metric -> value ("validation", "test")
-    best_epoch: int
+    best_epoch: int  # of the first head seed
     seconds: float
     run_id: str | None = None
     figures: list[Path] = field(default_factory=list)
+    #: test metric -> (low, high) bootstrap interval over test proteins; empty when intervals are off
+    intervals: dict[str, tuple[float, float]] = field(default_factory=dict)
+    confidence: float = 0.95
+    head_seeds: list[int] = field(default_factory=lambda: [0])
+    #: test metric -> standard deviation over head seeds (only with more than one)
+    head_sd: dict[str, float] = field(default_factory=dict)
+    outcomes_file: Path | None = None  # the per-protein outcomes (also the parent run's artifact)
+
+    def shown(self, split: str = "test") -> str:
+        """``q3 0.6210 [0.5940, 0.6570]  macro_f1 ...``: the metrics of a split, with intervals where known."""
+        return "  ".join(f"{k} {format_interval(v, *self.intervals.get(k, (np.nan, np.nan)))}"
+                         if split == "test" else f"{k} {v:.4f}" for k, v in self.metrics[split].items())
+
+
+def format_interval(value: float, low: float, high: float) -> str:
+    """``0.6210 [0.5940, 0.6570]``, or the value alone when there is no interval."""
+    if np.isfinite(low) and np.isfinite(high):
+        return f"{value:.4f} [{low:.4f}, {high:.4f}]"
+    return f"{value:.4f}"
 
 
 @dataclass
 class Representation:
-    """Where a head's inputs come from: a backend's encoder, or one-hot residues (``backend`` None)."""
+    """Where a head's inputs come from: an encoder (``backend``: the model, random init), else a reference.
 
-    name: str
+    An encoder embeds with the task's prefix and can be fine-tuned; a reference without one only
+    embeds (:meth:`Reference.embed`), so its heads are always frozen.
+    """
+
+    name: str  # "model" or the reference's label: the name in metric keys
     backend: Backend | None
     cache_key: str | None
+    reference: Reference | None = None
+    title: str = ""  # tables and run names; defaults to REFERENCE_NAMES[name]
+
+    def __post_init__(self) -> None:
+        self.title = self.title or REFERENCE_NAMES[self.name]
 
 
-_ONE_HOT_COLUMN = np.full(256, -1, dtype=np.int64)  # byte -> column, -1 for non-standard letters
-_ONE_HOT_COLUMN[np.frombuffer(ONE_HOT_LETTERS.encode(), dtype=np.uint8)] = np.arange(len(ONE_HOT_LETTERS))
-
-
-def one_hot(sequence: str) -> np.ndarray:
-    """[L, 20] float32 indicator of the standard residues (the baseline a model has to beat)."""
-    columns = _ONE_HOT_COLUMN[np.frombuffer(sequence.encode(), dtype=np.uint8)]
-    out = np.zeros((len(sequence), len(ONE_HOT_LETTERS)), dtype=np.float32)
-    known = columns >= 0
-    out[np.nonzero(known)[0], columns[known]] = 1.0
-    return out
+class _ReferenceFailed(PlmforgeError):
+    """A reference failed while embedding: the evaluation drops it and goes on."""
 
 
 def weights_key(weights: Mapping[str, np.ndarray]) -> str:
@@ -179,54 +211,75 @@ class EvaluationPlan:
     """What evaluating takes from a spec: its tasks and how to run them (references, cache, batches, seed)."""
 
     tasks: list[tuple[str, Task]]
-    references: list[str]
+    references: list[Reference | str]  # reference plugin instances, or plugin names (default options)
     output_dir: Path  # figures, and the embedding cache when it is on
     seed: int = 0
     batch_tokens: int = 8192
     standardize: bool = True
     embedding_cache: bool = True
+    backend_name: str | None = None  # the run's backend, for references that build a plmforge model
+    bootstrap_resamples: int = 1000  # 0: no intervals (docs/uncertainty.md)
+    confidence: float = 0.95
+    bootstrap_seed: int = 0  # fixed across runs, so that runs compared later share their resamples
 
     @classmethod
     def from_spec(cls, spec: Spec, output_dir: Path | None = None) -> EvaluationPlan:
         """The plan of ``spec``'s ``tasks:`` and ``evaluation:`` sections (output in its output_dir by default)."""
         settings = spec.evaluation
-        return cls(tasks=load_tasks(spec.tasks), references=list(settings.references),
+        return cls(tasks=load_tasks(spec.tasks), references=[section.build() for section in settings.references],
                    output_dir=Path(output_dir if output_dir is not None else spec.resolved_output_dir),
                    seed=spec.seed, batch_tokens=settings.batch_tokens, standardize=settings.standardize,
-                   embedding_cache=settings.embedding_cache)
+                   embedding_cache=settings.embedding_cache, backend_name=spec.backend.name,
+                   bootstrap_resamples=settings.bootstrap_resamples, confidence=settings.confidence,
+                   bootstrap_seed=settings.bootstrap_seed)
 
 
 class Evaluator:
     """Runs the tasks of a plan on one model and logs them under ``parent`` (a started Tracker).
 
-    ``random_model`` builds the same model with fresh weights, for the ``random`` reference.
+    ``random_model`` builds the same model with fresh weights, for references such as ``random``.
+    ``model``, when given, is the model's row instead of ``backend``'s encoder (precomputed embeddings,
+    ``plmforge evaluate --embeddings``); ``backend`` then only fits the (frozen) heads. ``warn`` (by
+    default ``say``) tells of a reference left out.
     """
 
     def __init__(self, plan: EvaluationPlan, backend: Backend, vocab: Vocab, parent: Tracker,
                  random_model: Callable[[], Backend] | None = None, say: Callable[[str], None] = lambda text: None,
-                 on_task_end: Callable[[TaskOutcome], None] = lambda outcome: None):
+                 on_task_end: Callable[[TaskOutcome], None] = lambda outcome: None, model: Reference | None = None,
+                 warn: Callable[[str], None] | None = None):
         self.plan = plan
         self.backend = backend
         self.vocab = vocab
+        self.model = model
         # the cache's key: hashing every weight is wasted work when there is no cache
-        self.model_key = weights_key(backend.weights()) if plan.embedding_cache else None
+        self.model_key = weights_key(backend.weights()) if plan.embedding_cache and model is None else None
         self.parent = parent
         self.random_model = random_model
         self.cache = EmbeddingCache(default_cache_dir(plan.output_dir) if plan.embedding_cache else None)
         self.say = say
+        self.warn = warn or say
         self.on_task_end = on_task_end
-        self._random: Representation | None = None
+        #: references left out, by label, with the reason (also the parent's plmforge.reference_error.* tags)
+        self.unavailable: dict[str, str] = {}
+        self._widths: dict[str, int] = {}
 
     def run(self) -> list[TaskOutcome]:
         outcomes = []
+        representations = [self._model_representation(), *self._references()]
         for label, task in self.plan.tasks:
             self._check_prefix(label, task)
             data = task.load()
             splits = prepared_splits(task, data, self.plan.seed)
             counts = ", ".join(f"{len(splits[s])} {s}" for s in SPLITS)
             self.say(f"task {label}: {counts} proteins")
-            for reference in ["model", *self.plan.references]:
-                outcome = self._fit(label, task, data, splits, self._representation(reference))
+            for representation in representations:
+                if representation.name in self.unavailable:
+                    continue
+                try:
+                    outcome = self._fit(label, task, data, splits, representation)
+                except _ReferenceFailed as exc:
+                    self._leave_out(representation.name, str(exc))
+                    continue
                 outcomes.append(outcome)
                 self.on_task_end(outcome)
         return outcomes
@@ -238,25 +291,42 @@ class Evaluator:
             raise PlmforgeError(f"task {label}: prefix {prefix!r} is not in this model's vocabulary "
                                 f"(it has {list(self.vocab.extra_tokens) or 'no extra tokens'})")
 
-    def _representation(self, reference: str) -> Representation:
-        if reference == "model":
-            return Representation("model", self.backend, self.model_key)
-        if reference == "onehot":
-            return Representation("onehot", None, None)
-        if reference == "random":
-            if self._random is None:
-                if self.random_model is None:
-                    raise PlmforgeError("the random-init reference needs the model's spec")
-                backend = self.random_model()
-                key = "random-" + weights_key(backend.weights()) if self.plan.embedding_cache else None
-                self._random = Representation("random", backend, key)
-            return self._random
-        raise PlmforgeError(f"unknown reference {reference!r}; use 'onehot' or 'random'")
+    def _model_representation(self) -> Representation:
+        if self.model is not None:
+            return Representation("model", None, None, self.model)
+        return Representation("model", self.backend, self.model_key)
+
+    def _references(self) -> list[Representation]:
+        """The plan's references, each set up once; one that cannot be is reported and left out."""
+        context = ReferenceContext(vocab=self.vocab, batch_tokens=self.plan.batch_tokens, seed=self.plan.seed,
+                                   random_model=self.random_model, backend_name=self.plan.backend_name)
+        out = []
+        for item in self.plan.references:
+            reference = reference_instance(item)
+            label = reference.label
+            try:
+                reference.setup(context)
+                encoder = reference.encoder()
+                key = reference.cache_key() if self.plan.embedding_cache else None
+            except Exception as exc:  # noqa: BLE001 - the plugin's failure: reported, the evaluation goes on
+                self._leave_out(label, _failure(exc))
+                continue
+            out.append(Representation(label, encoder, key, reference, reference.describe()))
+        return out
+
+    def _leave_out(self, label: str, message: str) -> None:
+        """One line and one tag on the parent run: the reference is skipped for every task from now on."""
+        message = message.removeprefix(f"reference {label}: ")  # the line names it already
+        self.unavailable[label] = message
+        self.warn(f"reference {label}: unavailable, left out of the evaluation: {message}")
+        self.parent.set_tags({f"plmforge.reference_error.{label}": message[:4000]})
 
     def _inputs(self, task: Task, split: TaskSplit, representation: Representation) -> HeadData:
         config = task.config
-        if representation.backend is None:
-            return HeadData([one_hot(s) for s in split.sequences], split.labels)
+        if representation.backend is None:  # a reference's (or precomputed) embeddings: frozen heads only
+            vectors = self.cache.get(representation.cache_key, None, split.sequences,
+                                     lambda sequences: self._embed(representation, sequences))
+            return HeadData(vectors, split.labels)
         if config.head.finetune != "frozen":
             prefix = config.prefix
             ids = [self.vocab.encode(s, add_eos=True, prefix=prefix).astype(np.int32) for s in split.sequences]
@@ -269,39 +339,99 @@ class Evaluator:
         vectors = self.cache.get(representation.cache_key, config.prefix, split.sequences, compute)
         return HeadData(vectors, split.labels)
 
+    def _embed(self, representation: Representation, sequences: list[str]) -> list[np.ndarray]:
+        """``Reference.embed``, checked: [L, d] finite float32 per protein, one width throughout."""
+        name = representation.name
+        fail = PlmforgeError if name == "model" else _ReferenceFailed
+        try:
+            vectors = representation.reference.embed(sequences)
+        except Exception as exc:  # noqa: BLE001 - the plugin's failure: reported, the evaluation goes on
+            if name == "model":
+                raise
+            raise _ReferenceFailed(_failure(exc)) from exc
+        if len(vectors) != len(sequences):
+            raise fail(f"embed() returned {len(vectors)} arrays for {len(sequences)} proteins")
+        out = []
+        for sequence, vector in zip(sequences, vectors):
+            vector = np.asarray(vector, dtype=np.float32)
+            width = self._widths.setdefault(name, vector.shape[-1] if vector.ndim == 2 else -1)
+            if vector.ndim != 2 or vector.shape[0] != len(sequence):
+                raise fail(f"embed() returned shape {list(vector.shape)} for a protein of {len(sequence)} residues; "
+                           f"expected [{len(sequence)}, width]")
+            if vector.shape[1] != width:
+                raise fail(f"embeddings are {width} wide for some proteins and {vector.shape[1]} for others")
+            if not np.isfinite(vector).all():
+                raise fail(f"embed() returned NaN or infinite values for a protein of {len(sequence)} residues")
+            out.append(vector)
+        return out
+
+    def _frozen_note(self, task: Task, representation: Representation) -> str | None:
+        """Why a head asked to fine-tune was fitted frozen (the representation has no encoder), or None."""
+        asked = task.config.head.finetune
+        if representation.backend is not None or asked == "frozen":
+            return None
+        return f"{representation.title} has no encoder to fine-tune: head fitted frozen instead of {asked}"
+
     def _fit(self, label: str, task: Task, data: TaskData, splits: dict[str, TaskSplit],
              representation: Representation) -> TaskOutcome:
         reference = representation.name
         settings = task.config.head
         if representation.backend is None and settings.finetune != "frozen":
-            settings = settings.model_copy(update={"finetune": "frozen"})  # one-hot vectors have no encoder
+            settings = settings.model_copy(update={"finetune": "frozen"})  # no encoder to tune (one-hot)
         started = time.perf_counter()
-        title = f"{label} [{REFERENCE_NAMES[reference]}]"
+        title = f"{label} [{representation.title}]"
         self.say(f"{title}: {'embedding' if settings.finetune == 'frozen' else 'tokenizing'} proteins")
         inputs = {name: self._inputs(task, split, representation) for name, split in splits.items()}
         if settings.finetune == "frozen" and self.plan.standardize:
             standardize(inputs)
         problem = task.problem(data)
-        self.say(f"{title}: fitting a {settings.kind} head ({settings.finetune}, {settings.epochs} epochs)")
+        seeds = [int(s) for s in getattr(settings, "head_seeds", [settings.seed])]
+        repeats = f", {len(seeds)} head seeds" if len(seeds) > 1 else ""
+        self.say(f"{title}: fitting a {settings.kind} head ({settings.finetune}, {settings.epochs} epochs{repeats})")
         fitter = representation.backend or self.backend  # one-hot heads train on the run's backend
-        result: HeadResult = fitter.fit_head(problem, settings, inputs["train"], inputs["validation"],
-                                             [inputs["validation"], inputs["test"]])
-        metrics = {name: task.metrics(predictions, splits[name], data)
-                   for name, predictions in zip(("validation", "test"), result.predictions)}
+        results: list[HeadResult] = [
+            fitter.fit_head(problem, settings.model_copy(update={"seed": seed}), inputs["train"], inputs["validation"],
+                            [inputs["validation"], inputs["test"]]) for seed in seeds]
+        bootstrap_started = time.perf_counter()
+        plan = self.plan
+        tested = task_outcomes(task, [r.predictions[1] for r in results], splits["test"], data,
+                               plan.bootstrap_resamples, plan.bootstrap_seed, plan.confidence)
+        bootstrap_seconds = time.perf_counter() - bootstrap_started
+        validation = [task.metrics(r.predictions[0], splits["validation"], data) for r in results]
+        metrics = {"validation": _mean_metrics(validation),
+                   "test": {name: float(tested.point[m]) for m, name in enumerate(tested.metric_names)}}
         seconds = time.perf_counter() - started
-        outcome = TaskOutcome(label, reference, metrics, result.best_epoch, seconds)
-        figure_dir = self.plan.output_dir / "tasks" / label / reference
-        outcome.figures = task.figures(result.predictions[1], splits["test"], data, figure_dir)
-        outcome.run_id = self._log(label, task, data, representation, splits, result, outcome)
-        shown = "  ".join(f"{k} {v:.4f}" for k, v in metrics["test"].items())
-        self.say(f"{title}: test {shown}  ({seconds:.0f} s)")
+        outcome = TaskOutcome(label, reference, metrics, results[0].best_epoch, seconds, confidence=plan.confidence,
+                              head_seeds=seeds)
+        if plan.bootstrap_resamples > 0:
+            outcome.intervals = {name: (float(tested.low[m]), float(tested.high[m]))
+                                 for m, name in enumerate(tested.metric_names)}
+            outcome.outcomes_file = self._write_outcomes(label, reference, tested)
+        if len(results) > 1:
+            per_seed = [task.metrics(r.predictions[1], splits["test"], data) for r in results]
+            outcome.head_sd = {name: float(np.nanstd([v.get(name, np.nan) for v in per_seed], ddof=1))
+                               for name in metrics["test"]}
+        figure_dir = plan.output_dir / "tasks" / label / reference
+        outcome.figures = task.figures(results[0].predictions[1], splits["test"], data, figure_dir)
+        outcome.run_id = self._log(label, task, data, representation, splits, results, outcome, bootstrap_seconds)
+        self.say(f"{title}: test {outcome.shown()}  ({seconds:.0f} s)")
         return outcome
 
+    def _write_outcomes(self, label: str, reference: str, tested: Outcomes) -> Path:
+        """``<output_dir>/outcomes/<task>/<representation>.npz``, logged as the parent's artifact of that name."""
+        path = self.plan.output_dir / "outcomes" / label / f"{reference}.npz"
+        write_outcomes(path, tested)
+        self.parent.log_artifact(path, f"outcomes/{label}")
+        return path
+
     def _log(self, label: str, task: Task, data: TaskData, representation: Representation, splits: dict[str, TaskSplit],
-             result: HeadResult, outcome: TaskOutcome) -> str | None:
+             results: list[HeadResult], outcome: TaskOutcome, bootstrap_seconds: float) -> str | None:
         parent = self.parent
         reference = representation.name
-        child = parent.child(f"{label} [{REFERENCE_NAMES[reference]}]")
+        result = results[0]  # the first head seed's history and best epoch; metrics are means over all
+        bounds = {f"{k}_ci_{side}": value for k, (low, high) in outcome.intervals.items()
+                  for side, value in (("low", low), ("high", high))}
+        child = parent.child(f"{label} [{representation.title}]")
         if child is not None:
             child.set_tags({"plmforge.kind": "task", "plmforge.task": label, "plmforge.reference": reference,
                             "plmforge.task_plugin": type(task).__name__,
@@ -310,19 +440,40 @@ class Evaluator:
             params.update({f"data.{k}": v for k, v in data.notes.items()})
             params.update({"task": label, "reference": reference,
                            **{f"proteins.{name}": len(split) for name, split in splits.items()}})
+            note = self._frozen_note(task, representation)
+            if note:  # what was fitted, not only what was asked
+                params["head.finetune"] = "frozen"
+                child.set_tags({"plmforge.note": note})
+            params.update({"head.seeds": ",".join(map(str, outcome.head_seeds)),
+                           "head.best_epochs": ",".join(str(r.best_epoch) for r in results),
+                           "bootstrap.resamples": self.plan.bootstrap_resamples,
+                           "bootstrap.confidence": self.plan.confidence, "bootstrap.seed": self.plan.bootstrap_seed})
             child.log_params(params)
             for epoch, entry in enumerate(result.history, start=1):
                 child.log_metrics({f"head/{k}": v for k, v in entry.items()}, epoch)
             final = {f"{split}/{k}": v for split, values in outcome.metrics.items() for k, v in values.items()}
+            final.update({f"test/{k}": v for k, v in bounds.items()})
+            final.update({f"test/{k}_head_sd": v for k, v in outcome.head_sd.items()})
             final["head/best_epoch"] = float(result.best_epoch)
             final["head/seconds"] = outcome.seconds
+            final["head/bootstrap_seconds"] = bootstrap_seconds
             child.log_metrics(_finite(final), result.best_epoch)
             for figure in outcome.figures:
                 child.log_artifact(figure, "figures")
             child.end()
         prefix = f"task/{label}" if reference == "model" else f"reference/{reference}/{label}"
-        parent.log_metrics(_finite({f"{prefix}/{k}": v for k, v in outcome.metrics["test"].items()}), 0)
+        parent.log_metrics(_finite({f"{prefix}/{k}": v for k, v in {**outcome.metrics["test"], **bounds}.items()}), 0)
         return child.run_id if child is not None else None
+
+
+def _mean_metrics(per_seed: list[dict[str, float]]) -> dict[str, float]:
+    """Each metric's mean over head seeds (NaN ones left out of the mean; NaN when all are)."""
+    names = list(per_seed[0])
+    values = np.array([[v.get(name, np.nan) for name in names] for v in per_seed], dtype=np.float64)
+    defined = ~np.isnan(values)
+    sums = np.where(defined, values, 0.0).sum(axis=0)
+    counts = defined.sum(axis=0)
+    return {name: float(sums[i] / counts[i]) if counts[i] else float("nan") for i, name in enumerate(names)}
 
 
 def _finite(metrics: Mapping[str, float]) -> dict[str, float]:
@@ -334,14 +485,35 @@ def outcomes_table(outcomes: list[TaskOutcome]) -> str:
     """A plain-text summary: one line per task and representation with its test metrics."""
     lines = []
     for outcome in outcomes:
-        values = "  ".join(f"{k} {v:.4f}" for k, v in outcome.metrics["test"].items())
-        lines.append(f"{outcome.label:<24} {REFERENCE_NAMES[outcome.reference]:<12} {values}")
+        lines.append(f"{outcome.label:<24} {REFERENCE_NAMES[outcome.reference]:<12} {outcome.shown()}")
     return "\n".join(lines)
 
 
 def outcomes_json(outcomes: list[TaskOutcome]) -> str:
-    return json.dumps([{"task": o.label, "reference": o.reference, "metrics": o.metrics, "best_epoch": o.best_epoch,
-                        "seconds": round(o.seconds, 2), "run_id": o.run_id} for o in outcomes], indent=2)
+    """The outcomes as JSON; ``intervals`` maps each test metric to ``[low, high]`` (null bounds where undefined)."""
+    def bound(value: float) -> float | None:
+        return float(value) if np.isfinite(value) else None
+
+    return json.dumps([{"task": o.label, "reference": o.reference, "metrics": o.metrics,
+                        "intervals": {k: [bound(low), bound(high)] for k, (low, high) in o.intervals.items()},
+                        "confidence": o.confidence, "head_seeds": o.head_seeds, "head_sd": o.head_sd,
+                        "best_epoch": o.best_epoch, "seconds": round(o.seconds, 2), "run_id": o.run_id,
+                        "outcomes_file": str(o.outcomes_file) if o.outcomes_file else None} for o in outcomes],
+                      indent=2)
+
+
+def reference_instance(item: Reference | str) -> Reference:
+    """A reference plugin instance: ``item`` itself, or the plugin it names with its default options."""
+    if isinstance(item, Reference):
+        return item
+    cls = Registry().load("reference", item)
+    return cls(cls.Config())
+
+
+def _failure(exc: Exception) -> str:
+    """A plugin's error as one line: plmforge errors speak for themselves, others name their type."""
+    text = str(exc).strip() or "no message"
+    return text if isinstance(exc, PlmforgeError) else f"{type(exc).__name__}: {text}"
 
 
 def load_tasks(sections: list[TaskSection]) -> list[tuple[str, Task]]:
@@ -355,18 +527,20 @@ def default_cache_dir(output_dir: Path) -> Path:
 
 def run_tasks(plan: EvaluationPlan, backend: Backend, vocab: Vocab, parent: Tracker,
               random_model: Callable[[], Backend] | None = None, say: Callable[[str], None] = lambda text: None,
-              on_task_end: Callable[[TaskOutcome], None] = lambda outcome: None) -> list[TaskOutcome]:
+              on_task_end: Callable[[TaskOutcome], None] = lambda outcome: None,
+              warn: Callable[[str], None] | None = None) -> list[TaskOutcome]:
     """The tasks of ``plan`` on ``backend``, logged under ``parent`` (see :class:`Evaluator`)."""
-    return Evaluator(plan, backend, vocab, parent, random_model, say, on_task_end).run()
+    return Evaluator(plan, backend, vocab, parent, random_model, say, on_task_end, warn=warn).run()
 
 
 def evaluate_checkpoint(spec: Spec, checkpoint: Path, registry: Registry | None = None,
-                        say: Callable[[str], None] = print,
-                        tracking: bool = True) -> tuple[list[TaskOutcome], str | None]:
+                        say: Callable[[str], None] = print, tracking: bool = True,
+                        warn: Callable[[str], None] | None = None) -> tuple[list[TaskOutcome], str | None]:
     """``plmforge evaluate``: the tasks of ``spec`` on a checkpoint, as a top-level MLflow evaluation run.
 
     The model (size, vocabulary, weights) comes from the checkpoint; the backend, tasks, references and
-    tracking come from ``spec``. Returns the outcomes and the evaluation run's id.
+    tracking come from ``spec``. Returns the outcomes and the evaluation run's id. ``warn`` (default
+    ``say``) tells of references left out.
     """
     if not spec.tasks:
         raise PlmforgeError(f"spec {spec.name!r} lists no tasks: add a 'tasks:' section to evaluate")
@@ -383,7 +557,7 @@ def evaluate_checkpoint(spec: Spec, checkpoint: Path, registry: Registry | None 
     status = "FAILED"
     try:
         outcomes = run_tasks(EvaluationPlan.from_spec(spec), backend, vocab, tracker,
-                             random_model=lambda: build_model(model_spec, registry)[0], say=say)
+                             random_model=lambda: build_model(model_spec, registry)[0], say=say, warn=warn)
         status = "FINISHED"
     finally:
         tracker.end(status)

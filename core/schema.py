@@ -1,7 +1,8 @@
 """JSON Schema of the whole spec, with every installed plugin's options, for YAML editors.
 
-Each ``objectives`` and ``tasks`` item and the ``backend`` section become a union over installed plugins,
-told apart by ``name``, so an editor completes and documents the options of the plugin named.
+Each ``objectives``, ``tasks`` and ``evaluation.references`` item and the ``backend`` section become a
+union over installed plugins, told apart by ``name``, so an editor completes and documents the options
+of the plugin named (a reference may also be given by its bare name).
 A plugin that fails to load is left out (and reported by ``plmforge plugins``).
 """
 
@@ -13,12 +14,13 @@ from pydantic import Field, create_model
 
 from plmforge.core.errors import PluginError
 from plmforge.core.registry import Registry
-from plmforge.core.spec import BackendSection, ObjectiveSection, Spec, TaskSection
+from plmforge.core.spec import BackendSection, EvaluationConfig, ObjectiveSection, ReferenceSection, Spec, TaskSection
 
 _HOST_FIELDS = {
     "objective": ObjectiveSection.model_fields,
     "backend": BackendSection.model_fields,
     "task": TaskSection.model_fields,
+    "reference": ReferenceSection.model_fields,
 }
 
 
@@ -49,8 +51,13 @@ def spec_json_schema(registry: Registry | None = None) -> dict[str, Any]:
     objective = _union(_variants(registry, "objective"), ObjectiveSection)
     backend = _union(_variants(registry, "backend"), BackendSection)
     task = _union(_variants(registry, "task"), TaskSection)
+    reference = _union(_variants(registry, "reference"), ReferenceSection)
+    names = tuple(registry.names("reference"))
+    item = (Literal[names] | reference) if names else (str | reference)  # a bare name, or a mapping
+    evaluation = create_model("EvaluationConfig", __base__=EvaluationConfig,
+                              references=(list[item], EvaluationConfig.model_fields["references"]))
     full = create_model(
-        "Spec", __base__=Spec,
+        "Spec", __base__=Spec, evaluation=(evaluation, Spec.model_fields["evaluation"]),
         objectives=(list[objective], Spec.model_fields["objectives"]),
         tasks=(list[task], Spec.model_fields["tasks"]),
         backend=(backend | None, Field(None, description="Numerical backend plugin and its options.")))
@@ -140,7 +147,8 @@ def spec_reference_markdown(registry: Registry | None = None) -> str:
             out += [f"Presets: {presets}. Keys given next to `preset` override it.", ""]
         out += [header, *_field_rows(model, f"{key}.")]
     for kind, section, host in (("backend", "backend", BackendSection),
-                                ("objective", "objectives[]", ObjectiveSection), ("task", "tasks[]", TaskSection)):
+                                ("objective", "objectives[]", ObjectiveSection), ("task", "tasks[]", TaskSection),
+                                ("reference", "evaluation.references[]", ReferenceSection)):
         out += ["", f"## `{section}` — {kind} plugins", "", "Host keys:", "", header,
                 *_field_rows(host, f"{section}.")]
         for name in registry.names(kind):

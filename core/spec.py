@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     PrivateAttr,
@@ -210,13 +211,45 @@ class TaskSection(PluginSection):
         description="Name used in run names and metric keys; defaults to the plugin name (unique in a spec).")
 
 
+class ReferenceSection(PluginSection):
+    """One ``evaluation.references`` item: a reference plugin's name; the rest (``label`` too) is the plugin's."""
+
+    name: str = Field(min_length=1, description="Reference plugin name (see `plmforge plugins`).")
+
+    def build(self) -> Any:
+        """A new instance of the reference plugin with its options (after :func:`validate_spec`)."""
+        return self.plugin(self.config)
+
+    def reference_label(self) -> str:
+        """The name in metric keys: the ``label`` option, else the plugin's default ('unirep1900')."""
+        if self._plugin is None:  # not resolved: the best guess without the plugin
+            return str(self.plugin_options().get("label") or self.name)
+        return self.build().label
+
+
+def _reference_item(value: Any) -> Any:
+    """A bare name stands for ``{name: <it>}``."""
+    if isinstance(value, str):
+        return {"name": value}
+    if not isinstance(value, (dict, ReferenceSection)):
+        raise ValueError("a reference is a plugin name (e.g. onehot) or a mapping {name: ..., <its options>}")
+    return value
+
+
+ReferenceItem = Annotated[ReferenceSection, BeforeValidator(_reference_item,
+                                                             json_schema_input_type=str | ReferenceSection)]
+
+
 class EvaluationConfig(StrictModel):
     """How the ``tasks`` are run, after pretraining or by `plmforge evaluate`."""
 
-    references: list[Literal["onehot", "random"]] = Field(
-        default_factory=lambda: ["onehot", "random"],
-        description="Reference rows evaluated by the same heads: 'onehot' residues and a 'random'ly initialised "
-                    "model of the same size; they show what pretraining buys.")
+    references: list[ReferenceItem] = Field(
+        default_factory=lambda: ["onehot", "random"], validate_default=True,
+        description="Representations scored by the same heads next to the model, each a reference plugin's name "
+                    "or a mapping {name, label, <plugin options>}: built in are 'onehot' residues, 'random' (the "
+                    "model's architecture, freshly initialised), 'unirep' (size 64, 256 or 1900) and 't5_encoder' "
+                    "(path: a Hugging Face T5 encoder directory). Metric keys: reference/<label>/<task>/<metric>; "
+                    "labels must be unique. See docs/references.md.")
     embedding_cache: bool = Field(
         True, description="Cache frozen embeddings under <output_dir>/embedding-cache, keyed by model weights, "
                           "prefix and proteins, so several heads (and later evaluations) embed once.")
@@ -224,6 +257,13 @@ class EvaluationConfig(StrictModel):
     standardize: bool = Field(
         True, description="Z-score each frozen input feature with train-split statistics before fitting a head, "
                           "so one-hot columns and embeddings of any scale train alike under one learning rate.")
+    bootstrap_resamples: int = Field(
+        1000, ge=0, description="Bootstrap resamples of the test proteins behind each task metric's interval "
+                                "(0: no intervals, no outcomes files). See docs/uncertainty.md.")
+    confidence: float = Field(0.95, gt=0, lt=1, description="Coverage of the bootstrap intervals.")
+    bootstrap_seed: int = Field(
+        0, ge=0, description="Seeds the bootstrap resamples. Fixed (not the run's seed) so that runs compared with "
+                             "each other, seed replicates included, resample the same proteins and pair up.")
 
 
 class Spec(StrictModel):
@@ -293,6 +333,18 @@ class Spec(StrictModel):
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def spec_warnings(spec: Spec) -> list[str]:
+    """What is valid but likely not meant (``plmforge validate`` and ``train`` print these; nothing stops)."""
+    found = []
+    training = spec.training
+    if training.schedule.warmup_steps > training.steps:
+        warmup, steps, peak = training.schedule.warmup_steps, training.steps, training.optimizer.lr
+        found.append(f"training.schedule.warmup_steps ({warmup}) is more than training.steps ({steps}): the run "
+                     f"ends still warming up, its learning rate reaching {peak * steps / warmup:.3g}, not the peak "
+                     f"{peak:g} (training.optimizer.lr)")
+    return found
 
 
 def _path_name_problem(path: str) -> str | None:
@@ -391,6 +443,8 @@ def validate_spec(raw: dict[str, Any], source: str = "<spec>", text: str | None 
             if section is not None and config is not None:
                 section._config, section._plugin = config, plugin
                 section.__pydantic_extra__ = config.model_dump(mode="json")
+        if spec is not None:
+            errors += _reference_label_problems(spec, where)
     if errors:
         header = f"{source}: invalid spec ({len(errors)} error{'s' if len(errors) > 1 else ''})"
         raise SpecError(header + "\n  " + "\n  ".join(errors))
@@ -408,6 +462,8 @@ def spec_plugin_sections(spec: Spec | None, raw: dict[str, Any]) -> list[tuple]:
         out.append((("backend",), "backend", spec.backend.name, spec.backend.plugin_options(), spec.backend))
         out += [(("objectives", i), "objective", e.name, e.plugin_options(), e) for i, e in enumerate(spec.objectives)]
         out += [(("tasks", i), "task", e.name, e.plugin_options(), e) for i, e in enumerate(spec.tasks)]
+        out += [(("evaluation", "references", i), "reference", e.name, e.plugin_options(), e)
+                for i, e in enumerate(spec.evaluation.references)]
         return out
     backend = raw.get("backend", {}) if isinstance(raw, dict) else {}
     if isinstance(backend, dict) and isinstance(backend.get("name", "torch"), str):
@@ -423,7 +479,37 @@ def spec_plugin_sections(spec: Spec | None, raw: dict[str, Any]) -> list[tuple]:
         if isinstance(item, dict) and isinstance(item.get("name"), str):
             options = {k: v for k, v in item.items() if k not in TaskSection.model_fields}
             out.append((("tasks", i), "task", item["name"], options, None))
+    evaluation = raw.get("evaluation") if isinstance(raw, dict) else None
+    references = evaluation.get("references") if isinstance(evaluation, dict) else None
+    for i, item in enumerate(references if isinstance(references, list) else []):
+        item = {"name": item} if isinstance(item, str) else item
+        if isinstance(item, dict) and isinstance(item.get("name"), str):
+            options = {k: v for k, v in item.items() if k not in ReferenceSection.model_fields}
+            out.append((("evaluation", "references", i), "reference", item["name"], options, None))
     return out
+
+
+def _reference_label_problems(spec: Spec, where: _Locator) -> list[str]:
+    """Resolved references whose labels clash with each other or with the model's row."""
+    problems, seen = [], {}
+    for i, section in enumerate(spec.evaluation.references):
+        if section._plugin is None:
+            continue  # its own error is reported already
+        loc = ("evaluation", "references", i)
+        try:
+            label = section.reference_label()
+        except Exception as exc:  # noqa: BLE001 - a third party's constructor: report, never crash validation
+            problems.append(f"{where(loc)}{format_loc(loc)}: reference {section.name!r} cannot be built: "
+                            f"{type(exc).__name__}: {exc}")
+            continue
+        if label == "model":
+            problems.append(f"{where(loc)}{format_loc(loc)}: the label 'model' names the evaluated model's row; "
+                            "give the reference another 'label'")
+        elif label in seen:
+            problems.append(f"{where(loc)}{format_loc(loc)} and evaluation.references[{seen[label]}] are both "
+                            f"labelled {label!r}; give one a distinct 'label'")
+        seen.setdefault(label, i)
+    return problems
 
 
 def prefix_problem(prefix: Any) -> str | None:
