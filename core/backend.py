@@ -148,7 +148,7 @@ class BackendOperations(ABC):
                  predict: Sequence[HeadData]) -> HeadResult:
         """Train a downstream head (and, when fine-tuning, the encoder) as :mod:`plmforge.core.heads` defines.
 
-        Keeps the weights of the epoch with the lowest validation loss and returns their predictions
+        Keeps the weights of the epoch :class:`~plmforge.core.heads.EarlyStopping` picks and returns their predictions
         for each split in ``predict``. The backend's own model weights are unchanged afterwards.
         """
         raise NotImplementedError(f"the {type(self).__name__} backend cannot train downstream heads")

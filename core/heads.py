@@ -2,8 +2,9 @@
 
 A task turns its dataset into :class:`HeadData` (per-protein inputs and labels) and asks the
 backend to fit a head with :meth:`plmforge.core.backend.Backend.fit_head`. The backend trains the
-head in its own framework, picks the epoch with the lowest validation loss, and returns raw
-predictions; the task computes its metrics from those in numpy. So a task is written once and runs
+head in its own framework, keeps the epoch :class:`EarlyStopping` picks (the lowest validation loss
+from ``min_epochs`` on; training stops after ``patience`` epochs without a better one), and returns
+raw predictions; the task computes its metrics from those in numpy. So a task is written once and runs
 on every backend, like an objective.
 
 Two ways of feeding the head (``HeadSettings.finetune``):
@@ -17,10 +18,12 @@ Two ways of feeding the head (``HeadSettings.finetune``):
 Head architectures (``HeadSettings.kind``), the same on every backend:
 
 * ``linear``: per residue ``W h + b``; per protein the mean of ``h`` over residues, then ``W · + b``.
-* ``convbert``: the light ConvBERT layer Ankh evaluated with (PAPERS.md): if ``d`` is not divisible
-  by ``heads`` the input is first projected to the next multiple; then one post-norm layer
+  This is the representation measure: it can only read out what the embeddings already separate.
+* ``convbert``: the light ConvBERT layer Ankh evaluated with (PAPERS.md): with ``projection`` set, a
+  linear layer (with bias) first maps the input to that width; without it, the layer is as wide as the
+  input, which is first projected to the next multiple of ``heads`` if ``d`` is not one; then one post-norm layer
   ``h = LN(h + Drop(MHSA(h) + PW(DWConv_k(h))))``, ``h = LN(h + Drop(W2 GELU(W1 h)))`` with 4 heads,
-  depthwise convolution of kernel 7 followed by a pointwise linear, feed-forward width ``d/2``,
+  depthwise convolution of kernel 7 followed by a pointwise linear, feed-forward half the layer's width,
   dropout 0.2, padding masked out of attention, convolution and pooling; per protein max-pooling
   over residues, then dropout and a linear layer.
 * Pair level (contacts), after either body: ``z = W_p h`` (``pair_dim`` wide) and the symmetric
@@ -32,7 +35,11 @@ pairs, :func:`pair_prior_logit`, because at a few percent positives a bias that 
 thousands of small optimizer steps to get there); attention is scaled by
 ``1/sqrt(head_dim)`` with no dropout on its probabilities; LayerNorm eps 1e-5; exact (erf) GELU;
 the linear head has no dropout. Both ``(i, j)`` and ``(j, i)`` of a pair label count; tasks mark the
-diagonal and near-diagonal pairs ``IGNORE`` themselves.
+diagonal and near-diagonal pairs ``IGNORE`` themselves. The optimizer is AdamW (head at ``lr``, encoder
+or adapters at ``encoder_lr``) whose decoupled ``weight_decay`` applies to parameters of two or more
+dimensions only (weight matrices, convolution kernels, embeddings, LoRA factors), never to biases or
+LayerNorm scales: under AdamW a decayed bias is held within about ``1/weight_decay`` of zero, which
+would keep a probe from expressing class frequencies.
 
 Losses: classification is cross-entropy, regression is mean squared error, pair is binary
 cross-entropy on logits; all are means over the labelled items of a batch (ignored items: label
@@ -42,12 +49,13 @@ the one that picks the best epoch) are means over all labelled items of the spli
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from plmforge.core.errors import DataError
 from plmforge.core.losses import count, masked_sum, token_nll
@@ -87,27 +95,47 @@ class HeadSettings(StrictModel):
     """How a task's head is trained (the ``head:`` section of a task in the spec)."""
 
     kind: Literal["linear", "convbert"] = Field(
-        "convbert", description="'linear' probe, or the light one-layer ConvBERT head Ankh evaluated with.")
+        "convbert", description="'linear' probe (what the representation itself tells apart), or the light "
+                                "one-layer ConvBERT head Ankh evaluated with (the best a light head achieves).")
     finetune: Literal["frozen", "full", "lora"] = Field(
         "frozen", description="'frozen': train the head on fixed embeddings; 'full': fine-tune the whole "
                               "encoder with the head; 'lora': train LoRA adapters on the encoder's attention "
                               "projections (q, k, v, o) with the head.")
-    epochs: int = Field(5, ge=1, description="Passes over the training split; the epoch with the lowest "
-                                             "validation loss is kept.")
+    epochs: int = Field(5, ge=1, description="Most passes over the training split (fewer when patience stops "
+                                             "training early).")
+    min_epochs: int | None = Field(
+        None, ge=1, description="The kept epoch (lowest validation loss) is chosen among epochs min_epochs.."
+                                "epochs only, and patience counts from there, so a small validation set cannot "
+                                "pick a barely trained ConvBERT head. null: 1 for a linear probe (near-convex; "
+                                "stopping at its lowest validation loss is its regularisation: wide embeddings "
+                                "overfit within ten epochs), half of epochs (rounded up) for ConvBERT.")
+    patience: int | None = Field(
+        None, ge=1, description="Stop after this many epochs without a lower validation loss (counted from "
+                                "min_epochs on); null: train all epochs.")
     lr: float = Field(1e-3, gt=0, description="AdamW learning rate of the head.")
     encoder_lr: float = Field(1e-4, gt=0, description="AdamW learning rate of encoder weights or LoRA "
                                                       "adapters when fine-tuning.")
-    weight_decay: float = Field(0.0, ge=0, description="AdamW decoupled weight decay.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW decoupled weight decay of weight matrices and "
+                                                       "kernels (not biases or LayerNorm scales).")
     batch_size: int = Field(16, ge=1, description="Proteins per batch.")
     dropout: float = Field(0.2, ge=0, lt=1, description="Dropout inside the ConvBERT head and before its "
                                                         "per-protein output layer (the linear probe has none).")
     heads: int = Field(4, ge=1, description="Attention heads of the ConvBERT layer.")
     kernel_size: int = Field(7, ge=1, description="Convolution width of the ConvBERT layer (odd).")
+    projection: int | None = Field(
+        None, ge=1, description="ConvBERT only: a linear layer first maps the input to this width (a multiple "
+                                "of heads), so wide inputs (UniRep's 1,900) get a small, stable head; null: "
+                                "the layer is as wide as its input (rounded up to a multiple of heads).")
     pair_dim: int = Field(64, ge=1, description="Width of the residue projection whose dot products give "
                                                 "contact logits (pair tasks).")
     lora_rank: int = Field(8, ge=1, description="Rank of the LoRA adapters.")
     lora_alpha: float = Field(16.0, gt=0, description="LoRA scale numerator: the update is (alpha/rank)·B·A.")
-    seed: int = Field(0, description="Seeds the head's initialisation, batch order and dropout.")
+    seed: int = Field(0, description="Seeds the head's initialisation, batch order and dropout (of the first "
+                                     "repeat; repeat i uses seed + i).")
+    repeats: int | None = Field(
+        None, ge=1, description="Heads fitted with seeds seed, seed+1, ...; metrics are their mean. null: 1 "
+                                "for a linear probe (a near-convex fit: seeds agree), 3 for ConvBERT (its "
+                                "test scores move by about a point between seeds).")
 
     @field_validator("kernel_size")
     @classmethod
@@ -115,6 +143,62 @@ class HeadSettings(StrictModel):
         if value % 2 == 0:
             raise ValueError("kernel_size must be odd, so the convolution is centred on each residue")
         return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> HeadSettings:
+        if self.min_epochs is not None and self.min_epochs > self.epochs:
+            raise ValueError(f"min_epochs ({self.min_epochs}) is more than epochs ({self.epochs}): the kept epoch "
+                             "could never be trained")
+        if self.projection is not None:
+            if self.kind == "linear":
+                raise ValueError("projection applies to the ConvBERT head only: a projection before a linear "
+                                 "probe is still one linear map (use kind: convbert, or drop projection)")
+            if self.projection % self.heads:
+                below = self.projection // self.heads * self.heads
+                options = f"{below} or {below + self.heads}" if below else str(self.heads)
+                raise ValueError(f"projection ({self.projection}) must be a multiple of heads ({self.heads}), so "
+                                 f"attention splits it evenly: use {options}")
+        return self
+
+    @property
+    def first_epoch(self) -> int:
+        """The first epoch that may be kept: ``min_epochs``, else 1 (linear) or half of ``epochs`` (ConvBERT)."""
+        if self.min_epochs is not None:
+            return self.min_epochs
+        return 1 if self.kind == "linear" else (self.epochs + 1) // 2
+
+    @property
+    def head_seeds(self) -> list[int]:
+        """Seeds of the heads to fit and average: ``seed``, ``seed + 1``, ... (``repeats`` of them)."""
+        repeats = self.repeats if self.repeats is not None else (1 if self.kind == "linear" else 3)
+        return [self.seed + i for i in range(repeats)]
+
+
+class EarlyStopping:
+    """Which epoch's weights to keep, and when to stop: the rule every backend's ``fit_head`` follows.
+
+    Epochs are 1-based. Only epochs from ``settings.first_epoch`` on can be kept; of those, the first
+    with the lowest validation loss wins (NaN never counts as lower). Training stops once ``patience``
+    epochs have passed without a new best (so never before ``first_epoch + patience``). With no finite
+    validation loss at all (no labelled validation item) every epoch is trained and the last one kept.
+    """
+
+    def __init__(self, settings: HeadSettings):
+        self.first_epoch = settings.first_epoch
+        self.patience = settings.patience
+        self.best_epoch = 0
+        self.best_loss = math.inf
+
+    def improved(self, epoch: int, validation_loss: float) -> bool:
+        """Record ``epoch``'s validation loss; True when its weights are the best so far (keep them)."""
+        if epoch >= self.first_epoch and validation_loss < self.best_loss:
+            self.best_epoch, self.best_loss = epoch, validation_loss
+            return True
+        return False
+
+    def stop(self, epoch: int) -> bool:
+        """Whether to stop after ``epoch``: ``patience`` epochs since the best (never without a best)."""
+        return self.patience is not None and self.best_epoch > 0 and epoch - self.best_epoch >= self.patience
 
 
 @dataclass

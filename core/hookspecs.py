@@ -55,7 +55,8 @@ def plmforge_task_end(run: Any, task: str, reference: str, metrics: dict[str, fl
     """A downstream task's head was fitted and scored, after pretraining (``spec.tasks``).
 
     ``task`` is the task label, ``reference`` is ``"model"`` for the trained model or the reference
-    row (``"onehot"``, ``"random"``), and ``metrics`` are its test metrics (e.g. ``q3``, ``accuracy``).
+    row (a reference label: ``"onehot"``, ``"random"``, ``"unirep1900"``, ...), and ``metrics`` are its
+    test metrics (e.g. ``q3``, ``accuracy``).
     """
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import re
+
 import numpy as np
 import pytest
 import yaml
@@ -9,8 +12,9 @@ from click.testing import CliRunner
 from helpers import tiny_spec_dict
 
 from plmforge.core.errors import PlmforgeError
-from plmforge.core.evaluation import EmbeddingCache, one_hot, weights_key
+from plmforge.core.evaluation import EmbeddingCache, weights_key
 from plmforge.core.registry import Registry
+from plmforge.core.uncertainty import read_outcomes
 
 pytest.importorskip("torch")
 
@@ -21,14 +25,6 @@ TASKS = [
     {"name": "secondary_structure", "label": "ss3", "max_train_proteins": 24, "max_test_proteins": 12,
      "max_length": 128, "head": {"kind": "convbert", "epochs": 2, "batch_size": 8}},
 ]
-
-
-def test_one_hot_marks_standard_residues_only():
-    encoded = one_hot("ACYXU")
-    assert encoded.shape == (5, 20) and encoded.dtype == np.float32
-    assert encoded[0, 0] == 1 and encoded[1, 1] == 1 and encoded[2, 19] == 1
-    assert encoded[3].sum() == 0 and encoded[4].sum() == 0  # X and U are no standard residue
-    assert encoded.sum() == 3
 
 
 def test_weights_key_depends_on_values_and_names():
@@ -77,7 +73,7 @@ def test_tasks_after_pretraining_are_nested_runs(tmp_path, backend):
 
     raw = tiny_spec_dict(tmp_path, steps=4, checkpoint_every=4, eval_every=4)
     raw["tasks"] = TASKS
-    raw["evaluation"] = {"references": ["onehot"]}
+    raw["evaluation"] = {"references": ["onehot"], "bootstrap_resamples": 200}
     raw["backend"] = {"name": backend}
     result = train(validate_spec(raw), show_progress=False)
     assert [(o.label, o.reference) for o in result.tasks] == [("amp", "model"), ("amp", "onehot"),
@@ -102,6 +98,22 @@ def test_tasks_after_pretraining_are_nested_runs(tmp_path, backend):
     # nested runs are not top-level runs: the experiment has exactly one run without a parent
     top = [r for r in client.search_runs([parent.info.experiment_id]) if "mlflow.parentRunId" not in r.data.tags]
     assert [r.info.run_id for r in top] == [result.tracking_run_id]
+    # uncertainty: an interval next to every test metric, the per-protein outcomes as the parent's artifact
+    q3, low, high = (parent.data.metrics[f"task/ss3/q3{end}"] for end in ("", "_ci_low", "_ci_high"))
+    assert low <= q3 <= high and low < high
+    assert {"reference/onehot/amp/auroc_ci_low", "task/amp/mcc_ci_high"} <= set(parent.data.metrics)
+    assert ss3.data.metrics["test/q3_ci_low"] == pytest.approx(low) and ss3.data.params["bootstrap.resamples"] == "200"
+    assert {a.path for a in client.list_artifacts(result.tracking_run_id, "outcomes/ss3")} == {
+        "outcomes/ss3/model.npz", "outcomes/ss3/onehot.npz"}
+    local = client.download_artifacts(result.tracking_run_id, "outcomes/ss3/model.npz", str(tmp_path))
+    outcomes = read_outcomes(local)
+    assert outcomes.metric_names == ["q3", "macro_f1"] and outcomes.replicates.shape == (200, 2)
+    assert len(outcomes.protein_ids) == 12 and outcomes.offsets[-1] == len(outcomes.labels)
+    assert outcomes.point[0] == pytest.approx(q3)
+    assert result.tasks[2].intervals["q3"] == pytest.approx((low, high))
+    seeds = result.tasks[2].head_seeds  # metrics are means over the head seeds; their spread is logged
+    assert ss3.data.params["head.seeds"] == ",".join(map(str, seeds)) and outcomes.head_seeds == len(seeds)
+    assert ("test/q3_head_sd" in ss3.data.metrics) == (len(seeds) > 1)
 
 
 @pytest.mark.slow
@@ -128,6 +140,9 @@ def test_evaluate_command_nests_under_an_evaluation_run_and_reuses_embeddings(tm
                                "--no-progress", "--json", str(tmp_path / "out.json")])
     assert out.exit_code == 0, out.output
     assert "ss3" in out.output and "random init" in out.output
+    assert re.search(r"q3 0\.\d{4} \[0\.\d{4}, 0\.\d{4}\]", out.output)  # value [interval]
+    rows = json.loads((tmp_path / "out.json").read_text())
+    assert all(len(row["intervals"]["q3"]) == 2 and row["outcomes_file"] for row in rows)
     assert len(embedded) == 6  # three splits, for the model and for the random-init model
     client = MlflowClient(raw["tracking"]["tracking_uri"])
     experiment = client.get_experiment_by_name("evaluations")

@@ -145,6 +145,20 @@ def test_protein_means_are_learnt(backend):
     assert mse < 0.05 * targets.var()
 
 
+def test_weight_decay_shrinks_weights_but_leaves_biases_free(backend):
+    """Noise inputs, 80 % class 0: under strong decay the weights vanish, and the bias alone learns the prior."""
+    problem = HeadProblem("protein", "classification", 2)
+
+    def split(seed, count):
+        return HeadData(embeddings(seed, count), [np.array(int(i % 5 == 0), np.int64) for i in range(count)])
+
+    settings = HeadSettings(kind="linear", epochs=20, lr=1e-2, batch_size=4, weight_decay=50.0)  # |w| <~ 1/50
+    result = backend.fit_head(problem, settings, split(1, 40), split(2, 8), [split(3, 20)])
+    margins = np.array([p[0] - p[1] for p in result.predictions[0]])
+    assert margins.std() < 0.1  # the weights are held near zero: every protein gets about the same logits
+    assert 0.7 < np.mean(1 / (1 + np.exp(-margins))) < 0.9  # the (undecayed) bias has the class frequency
+
+
 # -- ignored labels -----------------------------------------------------------------------------------------
 def test_loss_is_the_mean_over_labelled_items():
     logits = jnp.asarray(np.random.default_rng(0).normal(size=(2, 3, 4)), jnp.float32)
@@ -227,7 +241,7 @@ def test_history_has_an_entry_per_epoch_and_the_best_epoch_predicts(backend):
     rng = np.random.default_rng(40)
     train = residue_class_data(40, 8)
     validation = HeadData(embeddings(41, 4), [rng.integers(0, 3, len(x)) for x in embeddings(41, 4)])  # unlearnable
-    settings = HeadSettings(kind="convbert", epochs=5, batch_size=4, lr=3e-2)
+    settings = HeadSettings(kind="convbert", epochs=5, min_epochs=1, batch_size=4, lr=3e-2)
     result = backend.fit_head(RESIDUE_CLASSES, settings, train, validation, [validation])
     assert len(result.history) == 5
     assert all(set(entry) == {"train_loss", "validation_loss"} for entry in result.history)
@@ -238,6 +252,44 @@ def test_history_has_an_entry_per_epoch_and_the_best_epoch_predicts(backend):
     replay = backend.fit_head(RESIDUE_CLASSES, shorter, train, validation, [validation])
     for p, q in zip(result.predictions[0], replay.predictions[0]):
         np.testing.assert_array_equal(p, q)
+
+
+def test_min_epochs_and_patience_choose_and_stop_as_the_contract_says(backend):
+    rng = np.random.default_rng(42)
+    train = residue_class_data(42, 8)
+    validation = HeadData(embeddings(43, 4), [rng.integers(0, 3, len(x)) for x in embeddings(43, 4)])  # unlearnable
+    settings = HeadSettings(kind="linear", epochs=10, **FAST)
+    full = backend.fit_head(RESIDUE_CLASSES, settings, train, validation, [validation])
+    losses = [entry["validation_loss"] for entry in full.history]
+    assert len(losses) == 10 and full.best_epoch == int(np.argmin(losses)) + 1
+    held = backend.fit_head(RESIDUE_CLASSES, settings.model_copy(update={"min_epochs": 4, "patience": 2}), train,
+                            validation, [validation])
+    best, stop = 0, len(losses)  # the rule in words, replayed on the full run's losses
+    for epoch, loss in enumerate(losses, start=1):
+        if epoch >= 4 and (not best or loss < losses[best - 1]):
+            best = epoch
+        if best and epoch - best >= 2:
+            stop = epoch
+            break
+    assert held.best_epoch == best >= 4 and len(held.history) == stop
+    assert held.history == full.history[:stop]  # the same training, stopped
+
+
+def test_a_projection_sets_the_convbert_width(backend):
+    settings = HeadSettings(kind="convbert", projection=8, epochs=1, **FAST)
+    params = heads.init_head(heads.HeadSpec.of(RESIDUE_CLASSES, settings), D, jax.random.PRNGKey(0))
+    assert params["project"]["weight"].shape == (8, D) and params["attention"]["q"]["weight"].shape == (8, 8)
+    assert params["ff1"]["weight"].shape == (4, 8) and params["out"]["weight"].shape == (3, 8)
+    data = residue_class_data(44, 4)
+    result = backend.fit_head(RESIDUE_CLASSES, settings, data, data, [data])
+    assert result.trainable_parameters == heads._size(params)
+    for x, prediction in zip(data.inputs, result.predictions[0]):
+        assert prediction.shape == (len(x), 3)
+    same_width = heads.init_head(heads.HeadSpec.of(RESIDUE_CLASSES, settings.model_copy(update={"projection": D})),
+                                 D, jax.random.PRNGKey(0))
+    assert same_width["project"]["weight"].shape == (D, D)  # asked for: a projection even at the input's width
+    assert "project" not in heads.init_head(heads.HeadSpec.of(RESIDUE_CLASSES, HeadSettings()), D,
+                                            jax.random.PRNGKey(0))
 
 
 def test_malformed_labels_are_refused(backend):

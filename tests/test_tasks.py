@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers import tiny_spec_dict
 
+from plmforge.core.errors import PlmforgeError
 from plmforge.core.heads import IGNORE
 from plmforge.core.registry import Registry
+from plmforge.core.spec import validate_spec
 from plmforge.plugins.tasks.builtin_data import DSSP8
 from plmforge.plugins.tasks.contact import contact_labels
 from plmforge.plugins.tasks.secondary_structure import state_labels
@@ -120,9 +123,37 @@ def test_default_figures(tmp_path):
     assert picture.name == "contact_map.png" and picture.stat().st_size > 1000
 
 
-def test_head_options_in_a_spec_merge_over_the_task_defaults():
+def test_head_options_in_a_spec_merge_over_the_task_defaults_of_their_kind():
     localization = Registry().load("task", "localization")
-    assert localization.Config().head.epochs == 10
-    linear = localization.Config.model_validate({"head": {"kind": "linear"}})
-    assert linear.head.kind == "linear" and linear.head.epochs == 10  # the task's epochs, not HeadSettings'
-    assert localization.Config.model_validate({"head": {"epochs": 3}}).head.epochs == 3
+    default = localization.Config().head
+    assert default.kind == "linear" and default.patience is not None and default.first_epoch == 1
+    assert default.head_seeds == [0]  # a linear probe: one head
+    shorter = localization.Config.model_validate({"head": {"epochs": 3}}).head
+    assert shorter.kind == "linear" and shorter.epochs == 3 and shorter.patience == default.patience
+    convbert = localization.Config.model_validate({"head": {"kind": "convbert", "projection": 64}}).head
+    task_convbert = localization.Config.model_fields["head"].default_factory.for_kind("convbert")
+    assert convbert.epochs == task_convbert["epochs"] != default.epochs  # ConvBERT's own defaults, not the probe's
+    assert convbert.projection == 64 and convbert.head_seeds == [0, 1, 2]
+    assert convbert.first_epoch == (convbert.epochs + 1) // 2
+
+
+@pytest.mark.parametrize("name", ["secondary_structure", "localization", "antimicrobial"])
+def test_builtin_tasks_measure_the_representation_with_a_linear_probe(name):
+    head = Registry().load("task", name).Config().head
+    assert head.kind == "linear" and head.finetune == "frozen"
+    assert head.epochs * head.lr >= 0.05  # enough steps for a one-hot probe to converge (measured: docs/tasks.md)
+
+
+@pytest.mark.parametrize(("head", "message"), [
+    ({"kind": "linear", "projection": 64}, "projection applies to the ConvBERT head only"),
+    ({"kind": "convbert", "projection": 30}, "projection \\(30\\) must be a multiple of heads \\(4\\).*use 28 or 32"),
+    ({"epochs": 4, "min_epochs": 5}, "min_epochs \\(5\\) is more than epochs \\(4\\)"),
+    ({"repeats": 0}, "repeats"),
+    ({"patience": 0}, "patience"),
+])
+def test_bad_head_options_are_refused_at_their_place_in_the_spec(tmp_path, head, message):
+    raw = tiny_spec_dict(tmp_path)
+    raw["tasks"] = [{"name": "secondary_structure", "head": head}]
+    with pytest.raises(PlmforgeError, match="tasks\\[0\\]\\.head") as info:
+        validate_spec(raw)
+    assert info.match(message)

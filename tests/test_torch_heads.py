@@ -106,6 +106,38 @@ def test_convbert_projects_to_a_multiple_of_the_heads_and_pair_logits_are_symmet
         np.testing.assert_allclose(matrix, matrix.T, atol=1e-6)
 
 
+def convbert_parameters(dim, width, classes, kernel=7, project=True):
+    """Parameters of a ConvBERT head by the contract: projection, q k v o, depthwise + pointwise, 2 LNs, FF, out."""
+    ff = width // 2
+    return ((dim * width + width if project else 0) + 4 * (width * width + width) + width * kernel + width
+            + width * width + width + 2 * 2 * width + width * ff + ff + ff * width + width + width * classes + classes)
+
+
+@pytest.mark.parametrize(("dim", "projection", "width"), [(40, 16, 16), (16, 16, 16), (10, None, 12)])
+def test_a_projection_sets_the_convbert_width(dim, projection, width):
+    problem = PROBLEMS["residue-classes"]
+    settings = HeadSettings(kind="convbert", heads=4, projection=projection)
+    head = build_head(dim, problem, settings)
+    assert head.project.out_features == width and head.layer.q.in_features == width
+    assert head.layer.ff_in.out_features == width // 2 and head.readout.out.in_features == width
+    expected = convbert_parameters(dim, width, 3)
+    assert sum(p.numel() for p in head.parameters()) == expected
+    train = data(problem, embeddings(4, 0, dim=dim))
+    result = fit_head(Frozen(), problem, settings.model_copy(update={"epochs": 1}), train, train, [train])
+    assert result.trainable_parameters == expected
+    for x, prediction in zip(train.inputs, result.predictions[0]):
+        assert prediction.shape == (len(x), 3)
+
+
+def test_a_projection_makes_a_wide_convbert_head_small():
+    """The issue's case: 1,900-wide UniRep states; projected to 128 the head has ~1/50 of the parameters."""
+    problem = PROBLEMS["residue-classes"]
+    wide = sum(p.numel() for p in build_head(1900, problem, HeadSettings()).parameters())
+    small = sum(p.numel() for p in build_head(1900, problem, HeadSettings(projection=128)).parameters())
+    assert wide == convbert_parameters(1900, 1900, 3, project=False) and wide > 20_000_000
+    assert small == convbert_parameters(1900, 128, 3) and small * 50 < wide
+
+
 # -- learning ---------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("kind", ["linear", "convbert"])
 def test_residue_classes_from_a_fixed_projection_are_learnt(kind):
@@ -136,6 +168,21 @@ def test_protein_mean_feature_is_learnt_by_regression():
     truth = np.array(test.labels)
     mse = np.mean((np.array(result.predictions[0]) - truth) ** 2)
     assert mse < 0.1 * truth.var()
+
+
+def test_weight_decay_shrinks_weights_but_leaves_biases_free():
+    """Noise inputs, 80 % class 0: under strong decay the weights vanish, and the bias alone learns the prior."""
+    problem = HeadProblem("protein", "classification", 2)
+
+    def split(count, seed):
+        xs = embeddings(count, seed)
+        return HeadData(xs, [np.array(int(i % 5 == 0), np.int64) for i in range(count)])
+
+    settings = HeadSettings(kind="linear", epochs=40, lr=1e-2, batch_size=8, weight_decay=50.0)  # |w| <~ 1/50
+    result = fit_head(Frozen(), problem, settings, split(40, 1), split(10, 2), [split(20, 3)])
+    margins = np.array([p[0] - p[1] for p in result.predictions[0]])
+    assert margins.std() < 0.1  # the weights are held near zero: every protein gets about the same logits
+    assert 0.7 < np.mean(1 / (1 + np.exp(-margins))) < 0.9  # the (undecayed) bias has the class frequency
 
 
 # -- padding ----------------------------------------------------------------------------------------------
@@ -234,6 +281,75 @@ def test_the_epoch_with_the_lowest_validation_loss_makes_the_predictions():
     assert shorter.history == result.history[:result.best_epoch]
     for a, b in zip(result.predictions[0], shorter.predictions[0]):
         np.testing.assert_array_equal(a, b)
+
+
+def overfitting_split():
+    """Validation labels follow the opposite rule of the training ones on half the residues: validation loss
+    falls for a few epochs, then rises as the head learns the training rule."""
+    projection = np.random.default_rng(5).normal(size=(DIM, 3))
+    xs = embeddings(24, 0)
+    train = HeadData(xs, [np.argmax(x @ projection, 1) for x in xs])
+    val_x = embeddings(8, 1)
+    validation = HeadData(val_x, [np.where(np.arange(len(x)) % 2 == 0, np.argmax(x @ projection, 1),
+                                           np.argmin(x @ projection, 1)) for x in val_x])
+    return train, validation
+
+
+def test_min_epochs_keeps_no_earlier_epoch():
+    problem = PROBLEMS["residue-classes"]
+    train, validation = overfitting_split()
+    test = data(problem, embeddings(3, 2))
+    settings = HeadSettings(kind="linear", epochs=8, lr=3e-2, batch_size=8)
+    free = fit_head(Frozen(), problem, settings, train, validation, [test])
+    losses = [h["validation_loss"] for h in free.history]
+    assert free.best_epoch < 5, losses  # without min_epochs an early epoch wins here
+    held = fit_head(Frozen(), problem, settings.model_copy(update={"min_epochs": 5}), train, validation, [test])
+    assert held.history == free.history  # the same training, another choice
+    assert held.best_epoch == 5 + int(np.argmin(losses[4:]))
+    replay = fit_head(Frozen(), problem, settings.model_copy(update={"epochs": held.best_epoch}), train, validation,
+                      [test])
+    for a, b in zip(held.predictions[0], replay.predictions[0]):
+        np.testing.assert_array_equal(a, b)
+    # ConvBERT's default: the first half of the epochs is never kept
+    convbert = HeadSettings(kind="convbert", epochs=6, lr=3e-2, batch_size=8)
+    assert convbert.first_epoch == 3
+    assert fit_head(Frozen(), problem, convbert, train, validation, [test]).best_epoch >= 3
+
+
+def test_patience_stops_training_after_the_best_epoch():
+    problem = PROBLEMS["residue-classes"]
+    train, validation = overfitting_split()
+    test = data(problem, embeddings(3, 2))
+    settings = HeadSettings(kind="linear", epochs=12, lr=3e-2, batch_size=8)
+    full = fit_head(Frozen(), problem, settings, train, validation, [test])
+    stopped = fit_head(Frozen(), problem, settings.model_copy(update={"patience": 2}), train, validation, [test])
+    assert stopped.best_epoch == full.best_epoch and len(stopped.history) == full.best_epoch + 2 < 12
+    assert stopped.history == full.history[:len(stopped.history)]
+    for a, b in zip(full.predictions[0], stopped.predictions[0]):
+        np.testing.assert_array_equal(a, b)
+    # patience counts from min_epochs on: never stops before min_epochs + patience
+    late = fit_head(Frozen(), problem, settings.model_copy(update={"patience": 2, "min_epochs": 6}), train,
+                    validation, [test])
+    assert late.best_epoch >= 6 and len(late.history) >= 8
+
+
+def test_the_default_secondary_structure_probe_trains_one_hot_residues_to_convergence():
+    """The built-in task's default probe on its real chains: it trains until validation loss stops falling
+    (the old 5-epoch budget stopped at Q3 0.35, on the way up; converged, one-hot residues give 0.47-0.48)."""
+    from plmforge.core.evaluation import prepared_splits, standardize
+    from plmforge.plugins.references.onehot import one_hot
+    from plmforge.plugins.tasks.secondary_structure import SecondaryStructure
+
+    task = SecondaryStructure(SecondaryStructure.Config())
+    settings = task.config.head
+    assert settings.kind == "linear" and settings.patience is not None
+    data = task.load()
+    splits = prepared_splits(task, data, 0)
+    inputs = {name: HeadData([one_hot(s) for s in split.sequences], split.labels) for name, split in splits.items()}
+    standardize(inputs)
+    result = fit_head(Frozen(), task.problem(data), settings, inputs["train"], inputs["validation"], [inputs["test"]])
+    assert 30 <= result.best_epoch and len(result.history) == result.best_epoch + settings.patience < settings.epochs
+    assert task.metrics(result.predictions[0], splits["test"], data)["q3"] > 0.46
 
 
 # -- fine-tuning the backend's encoder ----------------------------------------------------------------------

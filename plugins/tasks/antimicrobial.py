@@ -10,7 +10,9 @@ from plmforge.plugins.tasks.builtin_data import load_antimicrobial
 
 
 class AntimicrobialConfig(TaskConfig):
-    head: HeadSettings = head_field(10, "a few thousand peptides")
+    head: HeadSettings = head_field(
+        "3234 peptides are 200 batches an epoch; a probe on random-init states is still improving at 60 epochs",
+        linear={"epochs": 100, "patience": 10}, convbert={"epochs": 10, "projection": 128})
 
 
 class Antimicrobial(Task):

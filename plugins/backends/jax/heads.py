@@ -38,6 +38,7 @@ import optax
 
 from plmforge.core.heads import (
     IGNORE,
+    EarlyStopping,
     HeadData,
     HeadProblem,
     HeadResult,
@@ -69,10 +70,12 @@ class HeadSpec:
     kernel_size: int = 7
     dropout: float = 0.2
     pair_dim: int = 64
+    projection: int | None = None
 
     @classmethod
     def of(cls, problem: HeadProblem, settings: HeadSettings) -> HeadSpec:
-        return cls(problem, settings.kind, settings.heads, settings.kernel_size, settings.dropout, settings.pair_dim)
+        return cls(problem, settings.kind, settings.heads, settings.kernel_size, settings.dropout, settings.pair_dim,
+                   settings.projection)
 
 
 # -- heads ----------------------------------------------------------------------------------------
@@ -101,9 +104,9 @@ def _layer_norm(params: Tree, x: jax.Array) -> jax.Array:
     return (x - mean) * jax.lax.rsqrt(variance + LAYER_NORM_EPS) * params["scale"] + params["bias"]
 
 
-def convbert_width(d: int, heads: int) -> int:
-    """The ConvBERT layer's width: ``d`` rounded up to a multiple of the attention heads."""
-    return -(-d // heads) * heads
+def convbert_width(d: int, heads: int, projection: int | None = None) -> int:
+    """The ConvBERT layer's width: ``projection``, else ``d`` rounded up to a multiple of the attention heads."""
+    return projection or -(-d // heads) * heads
 
 
 def init_head(spec: HeadSpec, d: int, key: jax.Array) -> Tree:
@@ -112,8 +115,8 @@ def init_head(spec: HeadSpec, d: int, key: jax.Array) -> Tree:
     params: Tree = {}
     width = d
     if spec.kind == "convbert":
-        width = convbert_width(d, spec.heads)
-        if width != d:
+        width = convbert_width(d, spec.heads, spec.projection)
+        if spec.projection or width != d:
             params["project"] = _linear_init(next(keys), d, width)
         params["attention"] = {name: _linear_init(next(keys), width, width) for name in ATTENTION_PROJECTIONS}
         conv_weight, conv_bias = jax.random.split(next(keys))
@@ -291,10 +294,15 @@ def _optimizer(finetune: str, lr: float = 0.0, encoder_lr: float = 0.0, weight_d
     rebuilds this transformation with placeholder rates) serves every rate.
     """
     adamw = optax.inject_hyperparams(optax.adamw)
-    parts = {"head": adamw(learning_rate=lr, weight_decay=weight_decay)}
+    parts = {"head": adamw(learning_rate=lr, weight_decay=weight_decay, mask=_decayed)}
     if finetune != "frozen":
-        parts["encoder"] = adamw(learning_rate=encoder_lr, weight_decay=weight_decay)
+        parts["encoder"] = adamw(learning_rate=encoder_lr, weight_decay=weight_decay, mask=_decayed)
     return optax.multi_transform(parts, _part_labels)
+
+
+def _decayed(tree: Tree) -> Tree:
+    """True at matrices and kernels: weight decay leaves biases and LayerNorm scales alone (the contract)."""
+    return jax.tree.map(lambda leaf: leaf.ndim >= 2, tree)
 
 
 def _part_labels(trainable: Tree) -> Tree:
@@ -391,7 +399,7 @@ def fit_head(engine: Any, problem: HeadProblem, settings: HeadSettings, train: H
 
     rng = np.random.default_rng(seed)
     history: list[dict[str, float]] = []
-    best_params, best_loss, best_epoch = trainable, float("nan"), 0
+    stopping, best_params = EarlyStopping(settings), None
     for epoch in range(settings.epochs):
         epoch_key = jax.random.fold_in(dropout_root, epoch)
         total = count = jnp.zeros((), jnp.float32)
@@ -402,8 +410,12 @@ def fit_head(engine: Any, problem: HeadProblem, settings: HeadSettings, train: H
         train_loss = float(total) / float(count) if float(count) else float("nan")
         validation_loss, _ = evaluate(trainable, validation, keep=False)
         history.append({"train_loss": train_loss, "validation_loss": validation_loss})
-        # the first lowest validation loss wins; while there is none (no labelled validation item), the latest epoch
-        if best_epoch == 0 or math.isnan(best_loss) or validation_loss < best_loss:
-            best_params, best_loss, best_epoch = trainable, validation_loss, epoch + 1
+        if stopping.improved(epoch + 1, validation_loss):
+            best_params = trainable  # immutable arrays: later steps make new ones, so this is a snapshot
+        if stopping.stop(epoch + 1):
+            break
+    best_epoch = stopping.best_epoch
+    if best_params is None:  # no validation loss to choose by (no labelled validation item): the last epoch
+        best_params, best_epoch = trainable, len(history)
     predictions = [evaluate(best_params, data, keep=True)[1] for data in predict]
     return HeadResult(predictions, history, best_epoch, _size(best_params))

@@ -13,8 +13,8 @@ each framework. This file is that loop for PyTorch, readable top to bottom:
   weights share storage with the backend's model but are never written, so the backend's weights
   are bit-identical afterwards;
 * ``fit_head``: AdamW, batches of similar lengths (``core.heads.head_batches``) padded to the longest
-  protein (rounded up to a multiple of 8), validation after each epoch, the state of the epoch with
-  the lowest validation loss kept and used for the predictions.
+  protein (rounded up to a multiple of 8), validation after each epoch, the state of the epoch
+  ``core.heads.EarlyStopping`` picks kept and used for the predictions (it also stops training early).
 
 Randomness: the head's initialisation and all dropout draw from the global torch generators, forked
 and seeded with ``settings.seed`` for the duration of ``fit_head`` (so the pretraining's RNG streams
@@ -48,6 +48,7 @@ from torch import nn
 
 from plmforge.core.heads import (
     IGNORE,
+    EarlyStopping,
     HeadData,
     HeadProblem,
     HeadResult,
@@ -153,13 +154,14 @@ class ConvBertLayer(nn.Module):
 
 
 class ConvBertHead(nn.Module):
-    """Ankh's light ConvBERT head: project to a multiple of ``heads`` if needed, one ConvBERT layer,
-    then the read-out (max pooling and dropout per protein)."""
+    """Ankh's light ConvBERT head: a linear projection (to ``settings.projection``, or to the next
+    multiple of ``heads`` when ``dim`` is not one), one ConvBERT layer, then the read-out (max pooling
+    and dropout per protein)."""
 
     def __init__(self, dim: int, problem: HeadProblem, settings: HeadSettings):
         super().__init__()
-        width = -(-dim // settings.heads) * settings.heads
-        self.project = nn.Linear(dim, width) if width != dim else nn.Identity()
+        width = settings.projection or -(-dim // settings.heads) * settings.heads
+        self.project = nn.Linear(dim, width) if settings.projection or width != dim else nn.Identity()
         self.layer = ConvBertLayer(width, settings.heads, settings.kernel_size, settings.dropout)
         self.readout = Readout(width, problem, settings, pool="max", dropout=settings.dropout)
 
@@ -322,9 +324,10 @@ def predict_outputs(model: HeadModel, problem: HeadProblem, data: HeadData, batc
 # -- fitting ----------------------------------------------------------------------------------------
 def fit_head(engine: Any, problem: HeadProblem, settings: HeadSettings, train: HeadData, validation: HeadData,
              predict: Sequence[HeadData]) -> HeadResult:
-    """Train a head (and the encoder when fine-tuning) on ``train``; keep the epoch with the lowest
-    validation loss; return its predictions for each split in ``predict``. ``engine`` is the
-    backend's :class:`~.engine.TorchEngine` (its public ``model``, ``device`` and ``autocast``)."""
+    """Train a head (and the encoder when fine-tuning) on ``train``; keep the epoch ``EarlyStopping``
+    picks (lowest validation loss from ``min_epochs`` on); return its predictions for each split in
+    ``predict``. ``engine`` is the backend's :class:`~.engine.TorchEngine` (its public ``model``,
+    ``device`` and ``autocast``)."""
     check_head_data(problem, settings.finetune, {"train": train, "validation": validation,
                                                  **{f"predict[{i}]": d for i, d in enumerate(predict)}})
     device = engine.device
@@ -352,17 +355,19 @@ def _fit(engine: Any, problem: HeadProblem, settings: HeadSettings, train: HeadD
     if problem.level == "pair":
         with torch.no_grad():
             model.head.readout.out.bias.fill_(pair_prior_logit(train.labels))
-    head_params = [p for p in model.head.parameters() if p.requires_grad]
-    groups = [{"params": head_params, "lr": settings.lr}]
-    if model.encoder is not None:
-        groups.append({"params": [p for p in model.encoder.parameters() if p.requires_grad],
-                       "lr": settings.encoder_lr})
-    optimizer = torch.optim.AdamW(groups, lr=settings.lr, weight_decay=settings.weight_decay)
+    groups = []
+    for part, lr in ((model.head, settings.lr), (model.encoder, settings.encoder_lr)):
+        params = [p for p in part.parameters() if p.requires_grad] if part is not None else []
+        for decayed in (True, False):  # weight decay on matrices and kernels only, as the contract says
+            chosen = [p for p in params if (p.ndim >= 2) == decayed]
+            if chosen:
+                groups.append({"params": chosen, "lr": lr, "weight_decay": settings.weight_decay if decayed else 0.0})
+    optimizer = torch.optim.AdamW(groups, lr=settings.lr)
 
     tokens = model.encoder is not None
     train_lengths = train.lengths(tokens)
     history: list[dict[str, float]] = []
-    best_loss, best_epoch, best_state = math.inf, 0, None
+    stopping, best_state = EarlyStopping(settings), None
     for epoch in range(1, settings.epochs + 1):
         model.train()
         total, count = torch.zeros((), device=device), torch.zeros((), device=device)
@@ -376,11 +381,13 @@ def _fit(engine: Any, problem: HeadProblem, settings: HeadSettings, train: HeadD
         validation_loss = evaluate(model, problem, validation, batch_size, device)
         history.append({"train_loss": float(total / count) if count > 0 else float("nan"),
                         "validation_loss": validation_loss})
-        if validation_loss < best_loss:  # NaN (no labelled validation items) never counts as better
-            best_loss, best_epoch = validation_loss, epoch
+        if stopping.improved(epoch, validation_loss):
             best_state = {name: p.detach().clone() for name, p in model.trainable().items()}
+        if stopping.stop(epoch):
+            break
+    best_epoch = stopping.best_epoch
     if best_state is None:  # no validation loss to choose by: keep the last epoch
-        best_epoch = settings.epochs
+        best_epoch = len(history)
     else:
         with torch.no_grad():
             for name, p in model.trainable().items():
