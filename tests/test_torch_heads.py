@@ -306,8 +306,9 @@ def test_min_epochs_keeps_no_earlier_epoch():
     held = fit_head(Frozen(), problem, settings.model_copy(update={"min_epochs": 5}), train, validation, [test])
     assert held.history == free.history  # the same training, another choice
     assert held.best_epoch == 5 + int(np.argmin(losses[4:]))
-    replay = fit_head(Frozen(), problem, settings.model_copy(update={"epochs": held.best_epoch}), train, validation,
-                      [test])
+    replay = fit_head(Frozen(), problem, settings.model_copy(update={"epochs": held.best_epoch,
+                                                                    "min_epochs": held.best_epoch}),
+                      train, validation, [test])  # trained exactly that long: its predictions are the kept ones
     for a, b in zip(held.predictions[0], replay.predictions[0]):
         np.testing.assert_array_equal(a, b)
     # ConvBERT's default: the first half of the epochs is never kept

@@ -293,7 +293,7 @@ def _optimizer(finetune: str, lr: float = 0.0, encoder_lr: float = 0.0, weight_d
     The rates are injected hyperparameters held in the optimizer state, so the compiled step (which
     rebuilds this transformation with placeholder rates) serves every rate.
     """
-    adamw = optax.inject_hyperparams(optax.adamw)
+    adamw = optax.inject_hyperparams(optax.adamw, static_args=("mask",))  # a callable: not a schedule
     parts = {"head": adamw(learning_rate=lr, weight_decay=weight_decay, mask=_decayed)}
     if finetune != "frozen":
         parts["encoder"] = adamw(learning_rate=encoder_lr, weight_decay=weight_decay, mask=_decayed)
