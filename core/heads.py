@@ -95,14 +95,14 @@ class HeadSettings(StrictModel):
     """How a task's head is trained (the ``head:`` section of a task in the spec)."""
 
     kind: Literal["linear", "convbert"] = Field(
-        "convbert", description="'linear' probe (what the representation itself tells apart), or the light "
-                                "one-layer ConvBERT head Ankh evaluated with (the best a light head achieves).")
+        "linear", description="'linear' probe (what the representation itself tells apart), or the light "
+                              "one-layer ConvBERT head Ankh evaluated with (the best a light head achieves).")
     finetune: Literal["frozen", "full", "lora"] = Field(
         "frozen", description="'frozen': train the head on fixed embeddings; 'full': fine-tune the whole "
                               "encoder with the head; 'lora': train LoRA adapters on the encoder's attention "
                               "projections (q, k, v, o) with the head.")
-    epochs: int = Field(5, ge=1, description="Most passes over the training split (fewer when patience stops "
-                                             "training early).")
+    epochs: int = Field(100, ge=1, description="Most passes over the training split (fewer when patience stops "
+                                               "training early); tasks set their own.")
     min_epochs: int | None = Field(
         None, ge=1, description="The kept epoch (lowest validation loss) is chosen among epochs min_epochs.."
                                 "epochs only, and patience counts from there, so a small validation set cannot "
@@ -110,8 +110,8 @@ class HeadSettings(StrictModel):
                                 "stopping at its lowest validation loss is its regularisation: wide embeddings "
                                 "overfit within ten epochs), half of epochs (rounded up) for ConvBERT.")
     patience: int | None = Field(
-        None, ge=1, description="Stop after this many epochs without a lower validation loss (counted from "
-                                "min_epochs on); null: train all epochs.")
+        10, ge=1, description="Stop after this many epochs without a lower validation loss (counted from "
+                              "min_epochs on); null: train all epochs.")
     lr: float = Field(1e-3, gt=0, description="AdamW learning rate of the head.")
     encoder_lr: float = Field(1e-4, gt=0, description="AdamW learning rate of encoder weights or LoRA "
                                                       "adapters when fine-tuning.")

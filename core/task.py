@@ -25,11 +25,44 @@ from plmforge.core.uncertainty import MetricParts, confusion_parts, contact_part
 SPLITS = ("train", "validation", "test")
 
 
+@dataclass(frozen=True)
+class HeadDefaults:
+    """A task's head defaults for each head kind; called, the settings of its default ``kind``.
+
+    A linear probe and a ConvBERT head want different budgets (a probe on wide embeddings overfits
+    within ten epochs, ConvBERT must not stop at epoch two), so a task keeps one set per kind.
+    """
+
+    kind: str
+    by_kind: dict[str, dict[str, Any]]
+
+    def for_kind(self, kind: Any) -> dict[str, Any]:
+        """The default keys for a head of ``kind`` (an unknown kind gets none; validation then names it)."""
+        return {**(self.by_kind.get(kind, {}) if isinstance(kind, str) else {}), "kind": kind}
+
+    def __call__(self) -> HeadSettings:
+        return HeadSettings(**self.for_kind(self.kind))
+
+
+def head_field(why: str, kind: str = "linear", **by_kind: dict[str, Any]) -> Any:
+    """A task config's ``head`` field: ``kind`` by default, with defaults per kind (``linear={...}``,
+    ``convbert={...}``) that a spec's ``head:`` keys override; ``why`` says why these numbers."""
+    defaults = HeadDefaults(kind, by_kind)
+    for name in {kind, *by_kind}:
+        HeadSettings(**defaults.for_kind(name))  # a bad default fails at import, not in the first spec using it
+    shown = "; ".join(f"{name}: " + ", ".join(f"{k} {v}" for k, v in values.items())
+                      for name, values in by_kind.items())
+    return Field(default_factory=defaults,
+                 description=f"How the head is trained (default kind {kind}; {shown}: {why}).")
+
+
 class TaskConfig(StrictModel):
     """Options every task has; a task's ``Config`` subclasses this and adds its own."""
 
-    head: HeadSettings = Field(default_factory=HeadSettings,
-                               description="How the head is trained: kind, fine-tuning, epochs, rates.")
+    head: HeadSettings = head_field(
+        "a probe stops once validation loss has not fallen for 10 epochs; tasks with few or many proteins set "
+        "their own", linear={"epochs": 100, "patience": 10},
+        convbert={"epochs": 10, "projection": 128, "patience": None})
     prefix: str | None = Field(
         None, description="Task prefix put before each protein when embedding (e.g. '[NLU]' or '[S2S]' for "
                           "Ankh3-style models); null uses none. The model must know the token.")
@@ -88,37 +121,6 @@ class TaskSplit:
                 return label[:max_length, :max_length]
             return label
         return TaskSplit(self.ids, [s[:max_length] for s in self.sequences], [cut(y) for y in self.labels])
-
-
-@dataclass(frozen=True)
-class HeadDefaults:
-    """A task's head defaults for each head kind; called, the settings of its default ``kind``.
-
-    A linear probe and a ConvBERT head want different budgets (a probe on wide embeddings overfits
-    within ten epochs, ConvBERT must not stop at epoch two), so a task keeps one set per kind.
-    """
-
-    kind: str
-    by_kind: dict[str, dict[str, Any]]
-
-    def for_kind(self, kind: Any) -> dict[str, Any]:
-        """The default keys for a head of ``kind`` (an unknown kind gets none; validation then names it)."""
-        return {**(self.by_kind.get(kind, {}) if isinstance(kind, str) else {}), "kind": kind}
-
-    def __call__(self) -> HeadSettings:
-        return HeadSettings(**self.for_kind(self.kind))
-
-
-def head_field(why: str, kind: str = "linear", **by_kind: dict[str, Any]) -> Any:
-    """A task config's ``head`` field: ``kind`` by default, with defaults per kind (``linear={...}``,
-    ``convbert={...}``) that a spec's ``head:`` keys override; ``why`` says why these numbers."""
-    defaults = HeadDefaults(kind, by_kind)
-    for name in {kind, *by_kind}:
-        HeadSettings(**defaults.for_kind(name))  # a bad default fails at import, not in the first spec using it
-    shown = "; ".join(f"{name}: " + ", ".join(f"{k} {v}" for k, v in values.items())
-                      for name, values in by_kind.items())
-    return Field(default_factory=defaults,
-                 description=f"How the head is trained (default kind {kind}; {shown}: {why}).")
 
 
 def splits_from_rows(rows: Iterable[tuple[str, str, str, np.ndarray]]) -> dict[str, TaskSplit]:

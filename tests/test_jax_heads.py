@@ -288,7 +288,7 @@ def test_a_projection_sets_the_convbert_width(backend):
     same_width = heads.init_head(heads.HeadSpec.of(RESIDUE_CLASSES, settings.model_copy(update={"projection": D})),
                                  D, jax.random.PRNGKey(0))
     assert same_width["project"]["weight"].shape == (D, D)  # asked for: a projection even at the input's width
-    assert "project" not in heads.init_head(heads.HeadSpec.of(RESIDUE_CLASSES, HeadSettings()), D,
+    assert "project" not in heads.init_head(heads.HeadSpec.of(RESIDUE_CLASSES, HeadSettings(kind="convbert")), D,
                                             jax.random.PRNGKey(0))
 
 

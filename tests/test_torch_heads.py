@@ -98,7 +98,7 @@ def test_prediction_shapes_for_every_level_and_kind(kind, name):
 
 def test_convbert_projects_to_a_multiple_of_the_heads_and_pair_logits_are_symmetric():
     problem = PROBLEMS["pair"]
-    head = build_head(10, problem, HeadSettings(heads=4, pair_dim=8))  # 10 -> 12 wide
+    head = build_head(10, problem, HeadSettings(kind="convbert", heads=4, pair_dim=8))  # 10 -> 12 wide
     assert head.project.out_features == 12 and head.layer.ff_in.out_features == 6
     model = HeadModel(head)
     logits = predict_outputs(model, problem, data(problem, embeddings(3, 0, dim=10)), 2, CPU)
@@ -132,8 +132,9 @@ def test_a_projection_sets_the_convbert_width(dim, projection, width):
 def test_a_projection_makes_a_wide_convbert_head_small():
     """The issue's case: 1,900-wide UniRep states; projected to 128 the head has ~1/50 of the parameters."""
     problem = PROBLEMS["residue-classes"]
-    wide = sum(p.numel() for p in build_head(1900, problem, HeadSettings()).parameters())
-    small = sum(p.numel() for p in build_head(1900, problem, HeadSettings(projection=128)).parameters())
+    wide = sum(p.numel() for p in build_head(1900, problem, HeadSettings(kind="convbert")).parameters())
+    projected = HeadSettings(kind="convbert", projection=128)
+    small = sum(p.numel() for p in build_head(1900, problem, projected).parameters())
     assert wide == convbert_parameters(1900, 1900, 3, project=False) and wide > 20_000_000
     assert small == convbert_parameters(1900, 128, 3) and small * 50 < wide
 
@@ -251,7 +252,8 @@ def test_a_seed_gives_the_same_head_and_leaves_the_global_rng_alone():
     train, validation, test = data(problem, embeddings(12, 0)), data(problem, embeddings(4, 1), 1), \
         data(problem, embeddings(4, 2), 2)
     state = torch.random.get_rng_state()
-    runs = [fit_head(Frozen(), problem, HeadSettings(seed=seed, epochs=2, batch_size=4), train, validation, [test])
+    runs = [fit_head(Frozen(), problem, HeadSettings(kind="convbert", seed=seed, epochs=2, batch_size=4), train,
+                     validation, [test])
             for seed in (0, 0, 1)]
     assert torch.equal(torch.random.get_rng_state(), state)
     assert runs[0].history == runs[1].history

@@ -12,7 +12,7 @@ from plmforge.plugins.tasks.builtin_data import load_antimicrobial
 class AntimicrobialConfig(TaskConfig):
     head: HeadSettings = head_field(
         "3234 peptides are 200 batches an epoch; a probe on random-init states is still improving at 60 epochs",
-        linear={"epochs": 100, "patience": 10}, convbert={"epochs": 10, "projection": 128})
+        linear={"epochs": 100, "patience": 10}, convbert={"epochs": 10, "projection": 128, "patience": None})
 
 
 class Antimicrobial(Task):

@@ -19,7 +19,7 @@ class ContactConfig(TaskConfig):
     head: HeadSettings = head_field(
         "75 training chains are 5 batches an epoch; a bilinear probe, because a ConvBERT layer learns contacts "
         "from one-hot residues nearly as well as from a real protein LM (docs/tasks.md)",
-        linear={"epochs": 100, "patience": 20}, convbert={"epochs": 40, "projection": 128})
+        linear={"epochs": 100, "patience": 20}, convbert={"epochs": 40, "projection": 128, "patience": None})
     threshold: float = Field(8.0, gt=0, description="Contact distance between Cβ atoms (Cα for Gly), in Å.")
     min_separation: int = Field(6, ge=1, description="Pairs nearer than this in sequence are ignored.")
 

@@ -18,7 +18,7 @@ from plmforge.core.task import Task, TaskConfig, TaskData, TaskSplit, head_field
 class LocalizationConfig(TaskConfig):
     head: HeadSettings = head_field(
         "1000 proteins are 63 batches an epoch; a probe on mean one-hot residues is still improving at 60 epochs",
-        linear={"epochs": 100, "patience": 10}, convbert={"epochs": 10, "projection": 128})
+        linear={"epochs": 100, "patience": 10}, convbert={"epochs": 10, "projection": 128, "patience": None})
 
 
 class Localization(Task):

@@ -21,7 +21,8 @@ class SecondaryStructureConfig(TaskConfig):
     head: HeadSettings = head_field(
         "75 training chains are 5 batches an epoch: a probe on one-hot residues needs ~60 epochs at lr 1e-3, and "
         "its seeds differ by up to 2 points, so 3 are averaged; measured in docs/tasks.md",
-        linear={"epochs": 200, "patience": 20, "repeats": 3}, convbert={"epochs": 40, "projection": 128})
+        linear={"epochs": 200, "patience": 20, "repeats": 3},
+        convbert={"epochs": 40, "projection": 128, "patience": None})
     states: Literal[3, 8] = Field(3, description="3-state (H, E, C; reported as q3) or 8-state DSSP (q8).")
 
 
