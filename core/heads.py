@@ -134,8 +134,9 @@ class HeadSettings(StrictModel):
                                      "repeat; repeat i uses seed + i).")
     repeats: int | None = Field(
         None, ge=1, description="Heads fitted with seeds seed, seed+1, ...; metrics are their mean. null: 1 "
-                                "for a linear probe (a near-convex fit: seeds agree), 3 for ConvBERT (its "
-                                "test scores move by about a point between seeds).")
+                                "for a linear probe (converged, seeds move it by under a point; early-stopped "
+                                "on wide embeddings by up to 2 on ss3, which sets 3), 3 for ConvBERT (a point "
+                                "or more between seeds).")
 
     @field_validator("kernel_size")
     @classmethod
