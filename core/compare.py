@@ -41,9 +41,7 @@ no hierarchical bootstrap.
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
-import json
 import math
 import os
 import re
@@ -56,6 +54,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 from urllib.parse import unquote, urlparse
 
 from plmforge.core.errors import PlmforgeError
+from plmforge.core.tracking import replicate_group
 
 if TYPE_CHECKING:
     from plmforge.core.uncertainty import Outcomes
@@ -76,7 +75,6 @@ GROUP_TAG = "plmforge.replicate_group"
 SEED_TAG = "plmforge.seed"
 TASKS_TAG = "plmforge.tasks"  # evaluation runs: which tasks ran (runs of other tasks are no replicates)
 #: Params that may differ between seed replicates of one spec.
-REPLICATE_IGNORED = ("seed", "name", "output_dir", "tracking.*")
 CI_LOW, CI_HIGH = "_ci_low", "_ci_high"
 OUTCOMES_DIR = "outcomes"
 DEFAULT_CONFIDENCE = 0.95
@@ -402,16 +400,6 @@ def lower_is_better(metric: str) -> bool | None:
 
 def _number(value: Any) -> float | None:
     return float(value) if isinstance(value, int | float) and math.isfinite(value) else None
-
-
-def replicate_group(params: Mapping[str, str]) -> str:
-    """Digest of a run's flattened spec (MLflow params) without seed, name, output_dir and tracking.
-
-    Equal for seed replicates of one spec; the run loop tags runs with it (``plmforge.replicate_group``) and
-    compare computes it from the params of runs logged before the tag existed, so both group together.
-    """
-    kept = {k: str(v) for k, v in params.items() if not any(fnmatchcase(k, p) for p in REPLICATE_IGNORED)}
-    return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _bound_key(key: str) -> str | None:

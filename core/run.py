@@ -27,7 +27,6 @@ from plmforge.core.build import (  # the assembly layer; imported here by name s
     build_objectives,
     build_streams,
 )
-from plmforge.core.compare import replicate_group
 from plmforge.core.data.stream import ExampleStream
 from plmforge.core.errors import CheckpointError, PlmforgeError, TrainingDiverged
 from plmforge.core.hookspecs import plugin_manager
@@ -36,7 +35,7 @@ from plmforge.core.registry import Registry
 from plmforge.core.run_failures import describe_objective, is_disk_full, objective_failure
 from plmforge.core.schedule import rate_for
 from plmforge.core.spec import Spec, spec_warnings
-from plmforge.core.tracking import Tracker, flatten, git_commit, spec_sha256
+from plmforge.core.tracking import Tracker, flatten, git_commit, replicate_group, spec_sha256
 from plmforge.core.vocab import Vocab
 
 

@@ -17,6 +17,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Mapping
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 
@@ -207,3 +208,17 @@ class Tracker:
         if self.failure is None:
             self.failure = message
             self._warn(message)
+
+
+#: Params that differ between seed replicates of one spec without making them different experiments.
+REPLICATE_IGNORED = ("seed", "name", "output_dir", "tracking.*")
+
+
+def replicate_group(params: Mapping[str, str]) -> str:
+    """Digest of a run's flattened spec (MLflow params) without seed, name, output_dir and tracking.
+
+    Equal for seed replicates of one spec; the run loop tags runs with it (``plmforge.replicate_group``) and
+    compare computes it from the params of runs logged before the tag existed, so both group together.
+    """
+    kept = {k: str(v) for k, v in params.items() if not any(fnmatchcase(k, p) for p in REPLICATE_IGNORED)}
+    return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:16]
