@@ -88,12 +88,15 @@ def train(spec: str | Path | dict | Spec | Any, overrides: Overrides = None, *, 
     """
     from plmforge.core import run as running
 
-    loaded = Spec(spec, overrides, check_machine=True).resolved
+    given = Spec(spec, overrides, check_machine=True)
+    loaded = given.resolved
+    # recorded on the MLflow run as ``plmforge train`` records them: the spec file (when one) and the overrides
+    origin = {"spec_path": given.path, "overrides": given.overrides}
     if seeds is None:
-        return Run(loaded, running.train(loaded, resume=resume, show_progress=progress, hooks=hooks))
+        return Run(loaded, running.train(loaded, resume=resume, show_progress=progress, hooks=hooks, **origin))
     # one reading of seeds for both: the same checks (range, repeats) and messages as --seeds
     chosen = running.parse_seeds(seeds if isinstance(seeds, str) else ",".join(str(int(s)) for s in seeds))
     runs: list[Run] = []
-    running.train_replicates(loaded, chosen, resume=resume, show_progress=progress, hooks=hooks,
+    running.train_replicates(loaded, chosen, resume=resume, show_progress=progress, hooks=hooks, **origin,
                              on_result=lambda seed, replicate, result: runs.append(Run(replicate, result)))
     return runs

@@ -102,6 +102,11 @@ class Spec:
     def overrides(self) -> list[str]:
         return list(self._overrides)
 
+    @property
+    def path(self) -> Path | None:
+        """The spec file this Spec was read from (None for a mapping)."""
+        return self._source if isinstance(self._source, Path) else None
+
     def dump(self) -> dict[str, Any]:
         """The resolved spec as plain data (every default filled, plugin options included)."""
         return self._spec.to_dict()

@@ -61,7 +61,8 @@ def train(spec: Path, resume: bool, seeds: str | None, overrides: tuple[str, ...
     loaded = load_spec(spec, list(overrides), check_machine=True)
     try:
         if chosen is None:
-            _report_training(loaded, run_training(loaded, resume=resume, show_progress=not no_progress))
+            _report_training(loaded, run_training(loaded, resume=resume, show_progress=not no_progress,
+                                                  spec_path=spec, overrides=list(overrides)))
             return
 
         def starting(seed: int, replicate, action: str) -> None:
@@ -71,7 +72,7 @@ def train(spec: Path, resume: bool, seeds: str | None, overrides: tuple[str, ...
 
         done = train_replicates(loaded, chosen, resume=resume, on_start=starting,  # a failure names its seed
                                 on_result=lambda seed, replicate, result: _report_training(replicate, result),
-                                show_progress=not no_progress)
+                                show_progress=not no_progress, spec_path=spec, overrides=list(overrides))
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         sys.exit(130)
@@ -99,12 +100,12 @@ def _report_training(loaded, result) -> None:
     if result.checkpoint:
         click.echo(f"  checkpoint: {result.checkpoint}")
     if result.tracking_run_id and not result.tracking_failure:
-        from plmforge.core.tracking import resolve_tracking_uri
+        from plmforge.core.tracking import resolve_tracking_uri, runs_page_hint
 
         uri = resolve_tracking_uri(loaded.tracking.tracking_uri)
         click.echo(f"  MLflow run {result.tracking_run_id} in experiment {loaded.tracking.experiment!r} at {uri}")
-        if uri.startswith("sqlite:") or uri.startswith("file:") or "://" not in uri:
-            click.echo(f"  view it: mlflow ui --backend-store-uri {uri}")
+        for line in runs_page_hint(uri, result.tracking_experiment_id):
+            click.echo(f"  {line}")
     elif result.tracking_failure:
         click.echo(f"  tracking: {result.tracking_failure}", err=True)
 
@@ -152,7 +153,8 @@ def evaluate(spec: Path, checkpoint: Path | None, embeddings: Path | None, write
 
         outcomes, run_id = evaluate_embeddings(loaded, embeddings, say=quiet, warn=warn)
     else:
-        outcomes, run_id = evaluate_checkpoint(loaded, checkpoint, say=quiet, warn=warn)
+        outcomes, run_id = evaluate_checkpoint(loaded, checkpoint, say=quiet, warn=warn, spec_path=spec,
+                                               overrides=list(overrides))
     click.echo(outcomes_table(outcomes))
     if as_json is not None:
         as_json.write_text(outcomes_json(outcomes) + "\n")
@@ -360,12 +362,20 @@ def convert(source: Path, dest: Path, target: str | None, force: bool) -> None:
               help="Only the N most recent top-level runs (of --experiment, or of every experiment).")
 @click.option("-m", "--metric", "metrics", multiple=True, metavar="PATTERN",
               help="Metrics to show, fnmatch pattern (repeatable); replaces the default train/loss, val/loss, task/*.")
-@click.option("--references", is_flag=True, help="Also show the reference/* metrics (one-hot and random baselines).")
+@click.option("--references", is_flag=True,
+              help="Also show the references the runs scored (one-hot, random init, ...) as rows 'reference: <label>' "
+                   "in the same task columns, with intervals and marks.")
+@click.option("--kind", "kinds", multiple=True, metavar="KIND",
+              help="Only top-level runs of this plmforge.kind (repeatable): pretrain, evaluation, ...")
+@click.option("--param", "params", multiple=True, metavar="PATTERN",
+              help="Param columns to show among those that differ, fnmatch pattern (repeatable; default: all).")
+@click.option("--no-params", is_flag=True, help="No param columns.")
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "markdown"]), default="table", show_default=True,
               help="csv: raw values, intervals in _ci_low/_ci_high columns (no marks); markdown: for docs.")
 @click.option("--baseline", default=None, metavar="RUN",
-              help="Add rows with each run's difference to this run (full or short id), with its interval: "
-                   "paired over the same test proteins where both runs saved per-protein outcomes.")
+              help="Add rows with each run's difference to this run (full or short id, or reference:<label> with "
+                   "--references), with its interval: paired over the same test proteins where both runs saved "
+                   "per-protein outcomes.")
 @click.option("--replicates", is_flag=True,
               help="Also list the seed replicates under their pooled row (replicates are pooled by default).")
 @click.option("--no-group", is_flag=True, help="Do not pool seed replicates: every run is a row of its own.")
@@ -374,35 +384,46 @@ def convert(source: Path, dest: Path, target: str | None, force: bool) -> None:
 @click.option("--tracking-uri", default=None, metavar="URI",
               help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db).")
 def compare(run_ids: tuple[str, ...], experiments: tuple[str, ...], runs: tuple[str, ...], limit: int | None,
-            metrics: tuple[str, ...], references: bool, fmt: str, baseline: str | None, replicates: bool,
-            no_group: bool, plot: Path | None, tracking_uri: str | None) -> None:
+            metrics: tuple[str, ...], references: bool, kinds: tuple[str, ...], params: tuple[str, ...],
+            no_params: bool, fmt: str, baseline: str | None, replicates: bool, no_group: bool, plot: Path | None,
+            tracking_uri: str | None) -> None:
     """Runs side by side: differing spec params, final losses, task metrics with intervals; best marked *.
 
     Rows are top-level runs (pretraining and evaluations); the per-task child runs are summed up in their
     parent's task/* columns. With runs from several experiments an experiment column is added. A task
     metric's best is marked * only where it is significantly better than every other row (paired bootstrap
     over the same test proteins), else the tied cells get ≈. Seed replicates (runs whose specs differ only
-    in the seed) are pooled into one row: mean ± sd [interval including the seed spread].
+    in the seed) are pooled into one row: mean ± sd [interval including the seed spread]. With --references
+    the references each run scored are rows below the runs (identical ones once, seed replicates pooled).
     """
     from plmforge.core import compare as comparing
     from plmforge.core.tracking import resolve_tracking_uri
 
+    if no_params and params:
+        raise click.UsageError("give either --param or --no-params, not both")
     ids = [i.strip() for value in (*runs, *run_ids) for i in value.split(",") if i.strip()]
     source = comparing.RunSource(resolve_tracking_uri(tracking_uri))
     try:
-        selected = source.select(list(experiments), ids, limit)
+        selected = source.select(list(experiments), ids, limit, list(kinds))
     except comparing.NoRuns as exc:
         click.echo(str(exc), err=True)
         return
     baseline_id = None
-    if baseline is not None:
+    if baseline is not None and baseline.strip().startswith("reference:"):
+        if not references:
+            raise click.UsageError("--baseline reference:<label> needs --references")
+        baseline_id = baseline.strip()
+    elif baseline is not None:
         (base,) = source.select(run_ids=[baseline.strip()])
         baseline_id = base.run_id
         if all(run.run_id != base.run_id for run in selected):
             selected.append(base)
     comparison = comparing.build_comparison(selected, list(metrics) or comparing.DEFAULT_METRICS, references,
                                             outcomes=source.outcomes, baseline=baseline_id, group=not no_group,
-                                            replicates=replicates)
+                                            replicates=replicates,
+                                            params=[] if no_params else list(params) or None)
+    if references and not any(run.kind == "reference" for run in comparison.runs):
+        click.echo("note: these runs scored no references (evaluation.references)", err=True)
     for pattern in comparison.unmatched if metrics else ():
         click.echo(f"note: no logged metric matches {pattern!r}", err=True)
     if not comparison.metric_columns:

@@ -168,6 +168,23 @@ class HeadSettings(StrictModel):
             return self.min_epochs
         return 1 if self.kind == "linear" else (self.epochs + 1) // 2
 
+    def used_options(self, pair: bool | None = None) -> set[str]:
+        """The options that change what this head does (its kind, way of feeding and level decide).
+
+        The rest are inert here (``lora_rank`` of a frozen probe, ``heads`` of a linear one), so a run's
+        MLflow params leave them out. ``pair``: whether the task is pair level (None: unknown, keep ``pair_dim``).
+        """
+        unused = set()
+        if self.kind != "convbert":
+            unused |= {"dropout", "heads", "kernel_size", "projection"}
+        if self.finetune == "frozen":
+            unused.add("encoder_lr")
+        if self.finetune != "lora":
+            unused |= {"lora_rank", "lora_alpha"}
+        if pair is False:
+            unused.add("pair_dim")
+        return set(type(self).model_fields) - unused
+
     @property
     def head_seeds(self) -> list[int]:
         """Seeds of the heads to fit and average: ``seed``, ``seed + 1``, ... (``repeats`` of them)."""

@@ -9,10 +9,11 @@ losses as one that never stopped.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import math
 import re
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,17 @@ from plmforge.core.registry import Registry
 from plmforge.core.run_failures import describe_objective, is_disk_full, objective_failure
 from plmforge.core.schedule import rate_for
 from plmforge.core.spec import Spec, spec_warnings
-from plmforge.core.tracking import Tracker, flatten, git_commit, replicate_group, spec_sha256
+from plmforge.core.tracking import (
+    DatasetRecord,
+    Tracker,
+    flatten,
+    git_commit,
+    replicate_group,
+    run_params,
+    short_overrides,
+    source_tags,
+    spec_sha256,
+)
 from plmforge.core.vocab import Vocab
 
 
@@ -57,6 +68,7 @@ class RunResult:
     history: list[tuple[int, dict[str, float]]] = field(default_factory=list)
     checkpoint: Path | None = None
     tracking_run_id: str | None = None
+    tracking_experiment_id: str | None = None
     tracking_failure: str | None = None
     data_report: dict[str, int] = field(default_factory=dict)
     tasks: list[Any] = field(default_factory=list)  # plmforge.core.evaluation.TaskOutcome, one per head
@@ -191,11 +203,18 @@ class _Loop:
 
 
 class Trainer:
-    """Trains one spec. ``hooks`` are extra hook implementations (objects or modules) to register."""
+    """Trains one spec. ``hooks`` are extra hook implementations (objects or modules) to register.
+
+    ``spec_path`` (the spec file) and ``overrides`` (its ``--set`` texts) are recorded on the MLflow run.
+    """
 
     def __init__(self, spec: Spec, registry: Registry | None = None, hooks: Iterable[Any] = (),
-                 show_progress: bool = True, console: Any = None):
+                 show_progress: bool = True, console: Any = None, spec_path: str | Path | None = None,
+                 overrides: Sequence[str] = ()):
         self.spec = spec
+        # where the spec came from, recorded on the MLflow run (its Source column, tags and name)
+        self.spec_path = Path(spec_path).expanduser().resolve() if spec_path is not None else None
+        self.overrides = list(overrides)
         self.registry = registry or Registry()
         self.output_dir = spec.resolved_output_dir
         self.extra_hooks = list(hooks)
@@ -285,18 +304,21 @@ class Trainer:
         """Tracking (the resumed MLflow run continues), hook registration and ``plmforge_run_start``."""
         spec, training = self.spec, self.spec.training
         tracker = Tracker(spec.tracking.enabled and loop.main, spec.tracking.tracking_uri, spec.tracking.experiment,
-                          spec.tracking.run_name or spec.name, warn=self._warn)
+                          run_name(spec, self.overrides), warn=self._warn, overrides=self.overrides)
         run_id = tracker.start(resume_run_id=loop.resumed_state.get("tracking_run_id"))
         loop.tracker = tracker
         loop.info = RunInfo(spec=spec, output_dir=self.output_dir, tracking_run_id=run_id)
         if not resumed:
-            tracker.log_params(flatten(spec.to_dict()))
+            tracker.log_params(run_params(spec.to_dict()))
             tracker.log_text(spec.to_yaml(), "spec.yaml")
+            if run_id is not None:  # digests read the data files: only when someone records them
+                tracker.log_inputs(data_inputs(spec, loop.data_report))
         tracker.set_tags(self._tags(loop.backend, loop.slots, loop.data_report))
 
         loop.hooks = self._hook_relay(loop)
         loop.result = RunResult(step=loop.step, status="running", tracking_run_id=run_id,
-                                data_report=loop.data_report, main_process=loop.main)
+                                tracking_experiment_id=tracker.experiment_id, data_report=loop.data_report,
+                                main_process=loop.main)
         loop.hooks.plmforge_run_start(run=loop.info, resumed_from_step=loop.step)
         loop.window = MetricWindow()
         loop.mixer = ObjectiveMixer(training.objective_mixing, {s.label: s.weight for s in loop.slots}, spec.seed)
@@ -362,7 +384,6 @@ class Trainer:
         self._stop_if_diverged(loop)
         metrics = self._close_window(loop.window, loop.lr)
         metrics["train/cropped_proteins"] = float(sum(s.cropped for s in loop.train_streams.values()))
-        metrics.update({f"backend/{k}": v for k, v in loop.backend.counters().items()})
         loop.window = MetricWindow()
         result = loop.result
         result.train_metrics = metrics
@@ -461,6 +482,8 @@ class Trainer:
                                 "made": sum(s.examples_made for s in loop.train_streams.values())},
                    "checkpoint": str(result.checkpoint) if result.checkpoint else None}
         loop.hooks.plmforge_run_end(run=loop.info, status=status, summary=summary)
+        # running totals (compilations, ...): one value per run, not a chart
+        loop.tracker.set_tags({f"plmforge.backend.{k}": _number_text(v) for k, v in summary["backend"].items()})
         loop.tracker.end({"finished": "FINISHED", "interrupted": "KILLED"}.get(status, "FAILED"))
         result.tracking_failure = loop.tracker.failure
 
@@ -544,6 +567,7 @@ class Trainer:
     def _tags(self, backend: Backend, slots: list[ObjectiveSlot], report: Mapping[str, int]) -> dict[str, Any]:
         spec = self.spec
         commit = git_commit(Path(__file__).resolve().parent)
+        num_parameters = backend.num_parameters()
         tags: dict[str, Any] = {
             "plmforge.kind": "pretrain",
             "plmforge.version": __version__,
@@ -554,12 +578,15 @@ class Trainer:
             # seed replicates (``train --seeds``) and later runs of the same spec share the group; compare pools them
             "plmforge.replicate_group": replicate_group(flatten(spec.to_dict())),
             "plmforge.seed": spec.seed,
-            "plmforge.num_parameters": backend.num_parameters(),
+            "plmforge.num_parameters": num_parameters,
             **({"plmforge.init_from": str(Path(spec.model.init_from).expanduser().resolve())}
                if spec.model.init_from else {}),
             "mlflow.source.git.commit": commit,
             "plmforge.git_commit": commit,
+            "plmforge.output_dir": str(self.output_dir.expanduser().resolve()),
+            "mlflow.note.content": run_description(spec, self.overrides, num_parameters),
         }
+        tags.update(source_tags(self.spec_path, self.overrides))
         used = [("backend", spec.backend.name), *(("objective", e.name) for e in spec.objectives)]
         for kind, name in used:
             info = self.registry.info(kind, name)
@@ -572,6 +599,68 @@ class Trainer:
         from plmforge.core.progress import warn
 
         warn(message, self.console)
+
+
+# -- what the MLflow run records beyond metrics -------------------------------------------------------
+def run_name(spec: Spec, overrides: Sequence[str] = ()) -> str:
+    """The MLflow run name: ``tracking.run_name``, else the spec name followed by the overrides that change
+    the run in short form (``quickstart lr=0.002``), so runs of one spec are told apart in a table."""
+    if spec.tracking.run_name:
+        return spec.tracking.run_name
+    label = short_overrides(overrides)
+    return f"{spec.name} {label}" if label else spec.name
+
+
+def run_description(spec: Spec, overrides: Sequence[str], num_parameters: int) -> str:
+    """MLflow's run description (``mlflow.note.content``): the spec's ``description``, then a one-line summary."""
+    model = spec.model
+    count = f"{num_parameters / 1e6:.3g}M" if num_parameters >= 1e6 else f"{num_parameters / 1e3:.3g}k"
+    size = (f"{model.preset or 'custom'} model, {count} parameters (d_model {model.d_model}, "
+            f"{model.num_layers}+{model.num_decoder_layers} layers)")
+    objectives = ", ".join(spec.objective_labels())
+    line = f"{objectives} on {spec.data.source}; {size}; {spec.training.steps} steps"
+    if spec.tasks:
+        line += "; tasks " + ", ".join(t.label or t.name for t in spec.tasks)
+    if overrides:
+        line += "; --set " + " ".join(overrides)
+    return f"{spec.description.strip()}\n\n{line}" if spec.description else line
+
+
+def data_inputs(spec: Spec, report: Mapping[str, int]) -> list[DatasetRecord]:
+    """The proteins a run trains and validates on, as MLflow dataset inputs (named by the spec's source).
+
+    Digests come from content: a built-in corpus's shipped file, a prepared corpus's manifest (which records
+    every file's size and, when prepared with checksums, its sha256), a FASTA file's bytes.
+    """
+    from importlib import resources
+
+    from plmforge.core.data.corpus import MANIFEST
+    from plmforge.core.data.sources import BUILTIN_CORPORA, BUILTIN_PREFIX
+    from plmforge.core.files import sha256_file
+
+    def record(text: str, split: str, context: str) -> DatasetRecord:
+        profile = {key: report[f"{split}.{key}"] for key in ("proteins", "residues") if f"{split}.{key}" in report}
+        if text.startswith(BUILTIN_PREFIX):
+            corpus = BUILTIN_CORPORA[text[len(BUILTIN_PREFIX):]]
+            shipped = resources.files("plmforge.core.data").joinpath("corpora", corpus)
+            digest = hashlib.sha256(shipped.read_bytes()).hexdigest()
+            return DatasetRecord(text, digest, split, context, "code", text, profile)
+        path = Path(text).expanduser().resolve()
+        digest = sha256_file(path / MANIFEST if path.is_dir() else path)
+        return DatasetRecord(text, digest, split, context, "local", str(path), profile)
+
+    data = spec.data
+    records = [record(data.source, "train", "training")]
+    if data.validation_source:
+        records.append(record(data.validation_source, "validation", "validation"))
+    elif "validation.proteins" in report:
+        records.append(record(data.source, "validation", "validation"))
+    return records
+
+
+def _number_text(value: float) -> str:
+    """A counter as a tag: ``3`` rather than ``3.0``."""
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
 
 
 def train(spec: Spec, resume: bool = False, **kwargs: Any) -> RunResult:
@@ -627,8 +716,9 @@ def parse_seeds(text: str) -> list[int]:
     return seeds
 
 
-def replicate_spec(spec: Spec, seed: int) -> Spec:
-    """``spec`` with this seed, output ``<output_dir>/seed-<seed>`` and MLflow run name ``<run name> seed <seed>``.
+def replicate_spec(spec: Spec, seed: int, overrides: Sequence[str] = ()) -> Spec:
+    """``spec`` with this seed, output ``<output_dir>/seed-<seed>`` and MLflow run name ``<run name> seed <seed>``
+    (the run name :func:`run_name` gives ``spec`` with its ``overrides``).
 
     The spec's ``name`` stays, so the replicates share it (and ``plmforge.spec_name``); only what must differ
     per replicate changes. Re-validated from its resolved form, as a run's own ``spec.yaml`` would be.
@@ -638,7 +728,7 @@ def replicate_spec(spec: Spec, seed: int) -> Spec:
     raw = spec.to_dict()
     raw["seed"] = seed
     raw["output_dir"] = str(spec.resolved_output_dir / f"seed-{seed}")
-    raw["tracking"] = {**raw["tracking"], "run_name": f"{spec.tracking.run_name or spec.name} seed {seed}"}
+    raw["tracking"] = {**raw["tracking"], "run_name": f"{run_name(spec, overrides)} seed {seed}"}
     return validate_spec(raw, source=f"{spec.name} (seed {seed})", check_machine=True)
 
 
@@ -679,7 +769,7 @@ def train_replicates(spec: Spec, seeds: list[int], resume: bool = False,
     """
     done: list[tuple[int, RunResult]] = []
     for seed in seeds:
-        replicate = replicate_spec(spec, seed)
+        replicate = replicate_spec(spec, seed, kwargs.get("overrides", ()))
         latest = checkpoint.latest_checkpoint(replicate.resolved_output_dir)
         action = "train" if not resume or latest is None else "skip" if replicate_finished(replicate) else "resume"
         on_start(seed, replicate, action)

@@ -137,7 +137,7 @@ def spec_reference_markdown(registry: Registry | None = None) -> str:
            "be created and written. A plugin marks its own file options for that check with",
            "`Annotated[str, plmforge.core.strict.checked_path(file_problem)]`.", "",
            "## Top level", "", header]
-    out += _field_rows(Spec, "", only=("name", "seed", "output_dir"))
+    out += _field_rows(Spec, "", only=("name", "description", "seed", "output_dir"))
     for key, model in (("data", DataConfig), ("model", ModelConfig), ("training", TrainingConfig),
                        ("tracking", TrackingConfig), ("evaluation", EvaluationConfig)):
         out += ["", f"## `{key}`", ""]

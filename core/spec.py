@@ -248,8 +248,8 @@ class EvaluationConfig(StrictModel):
         description="Representations scored by the same heads next to the model, each a reference plugin's name "
                     "or a mapping {name, label, <plugin options>}: built in are 'onehot' residues, 'random' (the "
                     "model's architecture, freshly initialised), 'unirep' (size 64, 256 or 1900) and 't5_encoder' "
-                    "(path: a Hugging Face T5 encoder directory). Metric keys: reference/<label>/<task>/<metric>; "
-                    "labels must be unique. See docs/references.md.")
+                    "(path: a Hugging Face T5 encoder directory). Each gets one child run per task, tagged "
+                    "plmforge.reference=<label>; labels must be unique. See docs/references.md.")
     embedding_cache: bool = Field(
         True, description="Cache frozen embeddings under <output_dir>/embedding-cache, keyed by model weights, "
                           "prefix and proteins, so several heads (and later evaluations) embed once.")
@@ -270,6 +270,9 @@ class Spec(StrictModel):
     """A whole run: data, model, backend, objectives, training, tracking, downstream tasks."""
 
     name: str = Field(description="Run name; used for the output directory and the MLflow run name.")
+    description: str | None = Field(
+        None, description="What the run is for, in a sentence or two; MLflow shows it as the run's description, "
+                          "followed by a one-line summary (objectives, model size, steps, corpus, overrides).")
     seed: int = Field(0, ge=0, le=MAX_SEED, description=f"Seeds weights, data order, masking and dropout "
                                                          f"(0 to {MAX_SEED}, which every backend accepts).")
     output_dir: str = Field("runs/{name}", description="Where checkpoints and the resolved spec go ({name} expands). "
