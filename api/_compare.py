@@ -94,8 +94,9 @@ def compare(*runs: Any, experiments: str | Sequence[str] = (), metrics: Sequence
     ``runs``: :class:`~plmforge.Run` objects or MLflow run ids (full or short), in the order to show; or
     none, with ``experiments`` (names) to compare their top-level runs (the ``limit`` most recent).
     ``metrics``: fnmatch patterns (default ``train/loss``, ``val/loss``, ``task/*``); ``references`` adds
-    the ``reference/*`` metrics. The tracking URI is the runs' own, else ``tracking_uri``, else
-    ``$MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db``.
+    the references' scores as ``reference/<ref>/<task>/<metric>`` columns (read from each run's reference
+    task child runs, or from the run itself for older runs). The tracking URI is the runs' own, else
+    ``tracking_uri``, else ``$MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db``.
     """
     from plmforge.core import compare as comparing
     from plmforge.core.tracking import resolve_tracking_uri

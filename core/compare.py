@@ -9,8 +9,13 @@ column marked. It works on any tracking URI because it uses nothing but MlflowCl
 Which runs: the top-level runs (pretraining and checkpoint evaluations) of the experiments asked for, or of
 every experiment when none is named (with an ``experiment`` column when they come from several), or exactly
 the run ids given (full ids or unique prefixes such as the 8-character short ids the table shows). Child
-runs (the per-task runs that ``evaluate`` nests under its run) are never rows: their summaries are already
-on the parent as ``task/<label>/<metric>`` and ``reference/<kind>/<label>/<metric>``.
+runs (the per-task runs that ``evaluate`` nests under its run) are never rows of an experiment's table: the
+model's task results are on the parent as ``task/<label>/<metric>``. The references' results are on their
+own child runs (tag ``plmforge.reference=<ref>``, metrics ``task/<label>/<metric>``, the same names as the
+model's child run, see docs/tracking.md); :class:`RunSource` reads them with one search per experiment
+and puts them on the parent's summary as ``reference/<ref>/<label>/<metric>``, so everything below works
+on one key per representation. Parents logged before that (which carry ``reference/...`` themselves) keep
+their own values. Given by id, a child run is a row like any other, with its ``task/<label>/...`` metrics.
 
 Three layers, each testable alone:
 
@@ -60,7 +65,6 @@ if TYPE_CHECKING:
     from plmforge.core.uncertainty import Outcomes
 
 DEFAULT_METRICS = ("train/loss", "val/loss", "task/*")
-REFERENCE_METRICS = "reference/*"
 LOSS_CURVES = ("train/loss", "val/loss")
 #: Params never shown: they differ in every run without saying anything about it.
 IGNORED_PARAMS = ("name", "output_dir", "tracking.*")
@@ -68,11 +72,15 @@ IGNORED_PARAMS = ("name", "output_dir", "tracking.*")
 LOWER_IS_BETTER = ("loss", "mse", "perplexity", "error", "kl")
 #: Metrics with no better direction: their columns get no best mark.
 NEUTRAL_METRICS = ("lr", "cropped_proteins")
+#: Metric name endings with no better direction either: spreads (a task run's ``<metric>_head_sd``).
+NEUTRAL_SUFFIXES = ("_sd",)
 MISSING = "—"
 PARENT_TAG = "mlflow.parentRunId"
 KIND_TAG = "plmforge.kind"
 GROUP_TAG = "plmforge.replicate_group"
 SEED_TAG = "plmforge.seed"
+TASK_TAG = "plmforge.task"
+REFERENCE_TAG = "plmforge.reference"  # task child runs: "model" or the reference's label
 TASKS_TAG = "plmforge.tasks"  # evaluation runs: which tasks ran (runs of other tasks are no replicates)
 #: Params that may differ between seed replicates of one spec.
 CI_LOW, CI_HIGH = "_ci_low", "_ci_high"
@@ -96,6 +104,10 @@ class RunSummary:
     tags: dict[str, str] = field(default_factory=dict)
 
     members: list[RunSummary] = field(default_factory=list)  # a pooled row: its seed replicates
+    #: Whose scores the row holds: "model", or a reference's label (a reference row, see :func:`reference_rows`);
+    #: its per-protein outcomes are the parent's ``outcomes/<task>/<representation>.npz``.
+    representation: str = "model"
+    parent: RunSummary | None = None  # a reference row: the run that scored it (its run_id is the parent's)
 
     @property
     def kind(self) -> str | None:
@@ -241,11 +253,13 @@ class RunSource:
 
     # -- selection --------------------------------------------------------------------------------------------
     def select(self, experiments: Sequence[str] = (), run_ids: Sequence[str] = (),
-               limit: int | None = None) -> list[RunSummary]:
+               limit: int | None = None, kinds: Sequence[str] = ()) -> list[RunSummary]:
         """The runs to compare; raises PlmforgeError for unknown names or ids, NoRuns when there are none.
 
         ``limit``: only the most recent top-level runs of the experiments (still shown oldest first), so an
         experiment with hundreds of runs gives a readable table without fetching every run's details.
+        ``kinds``: only runs whose ``plmforge.kind`` tag is one of these (before ``limit``), e.g. only the
+        ``evaluation`` runs of an experiment that also holds their pretraining runs.
         """
         if experiments and run_ids:
             raise PlmforgeError("give either --experiment or run ids, not both")
@@ -256,7 +270,9 @@ class RunSource:
         if run_ids:
             if self.missing_store:
                 raise PlmforgeError(f"unknown run id {run_ids[0]!r}: {where}")
-            return [self._summary(run) for run in self._runs_by_id(run_ids)]
+            chosen_runs = self._of_kinds(self._runs_by_id(run_ids), kinds, "of the runs given")
+            references = self._references(chosen_runs)
+            return [self._summary(run, references.get(run.info.run_id)) for run in chosen_runs]
         if self.missing_store:
             if experiments:
                 raise PlmforgeError(f"unknown experiment {experiments[0]!r}: {where}")
@@ -268,13 +284,27 @@ class RunSource:
         ids = [e.experiment_id for e in chosen]
         self._experiment_names.update({e.experiment_id: e.name for e in chosen})
         runs = [run for run in self._search(ids) if PARENT_TAG not in run.data.tags] if ids else []
+        if kinds and runs:
+            scope = ", ".join(repr(e.name) for e in chosen) if experiments else "any experiment"
+            runs = self._of_kinds(runs, kinds, f"in {scope}")
         if limit is not None:
             runs = runs[-limit:] if limit > 0 else []
         if not runs:
             names = ", ".join(repr(e.name) for e in chosen)
             scope = f"experiment{'s' if len(chosen) > 1 else ''} {names}" if experiments else "any experiment"
             raise NoRuns(f"no runs to compare in {scope} at {self.uri}")
-        return [self._summary(run) for run in runs]
+        references = self._references(runs)
+        return [self._summary(run, references.get(run.info.run_id)) for run in runs]
+
+    def _of_kinds(self, runs: list[Any], kinds: Sequence[str], scope: str) -> list[Any]:
+        """The runs whose plmforge.kind is one of ``kinds`` (all for none); NoRuns naming the kinds there are."""
+        if not kinds:
+            return runs
+        kept = [run for run in runs if run.data.tags.get(KIND_TAG) in kinds]
+        if not kept:
+            there = sorted({str(run.data.tags.get(KIND_TAG)) for run in runs})
+            raise NoRuns(f"no runs of kind {', '.join(kinds)} {scope} at {self.uri} (kinds there: {', '.join(there)})")
+        return kept
 
     def _experiment(self, name: str) -> Any:
         experiment = self._call(self.client.get_experiment_by_name, name)
@@ -285,9 +315,42 @@ class RunSource:
             raise PlmforgeError(f"{state} experiment {name!r} at {self.uri} (experiments there: {listed})")
         return experiment
 
-    def _search(self, experiment_ids: list[str]) -> list[Any]:
+    def _search(self, experiment_ids: list[str], filter_string: str = "") -> list[Any]:
         return self._paged(lambda token: self.client.search_runs(
-            experiment_ids, max_results=1000, order_by=["attributes.start_time ASC"], page_token=token))
+            experiment_ids, filter_string, max_results=1000, order_by=["attributes.start_time ASC"],
+            page_token=token))
+
+    def _references(self, runs: Sequence[Any]) -> dict[str, dict[str, float]]:
+        """The reference metrics of each top-level run in ``runs``, read from its reference task child runs.
+
+        By parent run id: ``reference/<ref>/<label>/<metric>`` (and ``_ci_low`` / ``_ci_high``) for each
+        child's ``task/<label>/<metric>``; its ``validation/...`` scores and ``_head_sd`` spreads stay on the
+        child (the parent never logged them). One paged search per experiment for the reference task runs
+        started no earlier than the first parent asked for (a child starts after its parent): MLflow's search
+        has no ``IN`` for tags, and a request per parent would make a sweep of 100 runs cost 100 round trips.
+        A later child of the same task and reference (a re-evaluation) replaces an earlier one.
+        """
+        parents: dict[str, list[Any]] = {}
+        for run in runs:
+            if PARENT_TAG not in run.data.tags and run.data.tags.get(KIND_TAG) != "task":
+                parents.setdefault(run.info.experiment_id, []).append(run)
+        found: dict[str, dict[str, float]] = {}
+        for experiment_id, tops in parents.items():
+            wanted = {run.info.run_id for run in tops}
+            since = min((run.info.start_time or 0) for run in tops)
+            children = self._search([experiment_id], f"tags.`{KIND_TAG}` = 'task' AND tags.`{REFERENCE_TAG}` != "
+                                    f"'model' AND attributes.start_time >= {int(since)}")
+            for child in children:
+                tags = child.data.tags
+                parent, label, reference = tags.get(PARENT_TAG), tags.get(TASK_TAG), tags.get(REFERENCE_TAG)
+                if parent not in wanted or not label or not reference or reference == "model":
+                    continue
+                prefix = f"task/{label}/"
+                for key, value in child.data.metrics.items():
+                    name = key[len(prefix):] if key.startswith(prefix) else ""
+                    if name and "/" not in name and not name.endswith("_head_sd"):
+                        found.setdefault(parent, {})[f"reference/{reference}/{label}/{name}"] = value
+        return found
 
     def _paged(self, fetch: Callable[[str | None], Any]) -> list[Any]:
         out: list[Any] = []
@@ -330,14 +393,17 @@ class RunSource:
         except Exception as exc:  # noqa: BLE001 - server down, bad URI
             raise self._unreadable(exc) from exc
 
-    def _summary(self, run: Any) -> RunSummary:
+    def _summary(self, run: Any, references: Mapping[str, float] | None = None) -> RunSummary:
+        """``references``: metrics read from the run's reference child runs; the run's own metrics of the same
+        name (a parent that logged ``reference/...`` itself) win."""
         experiment_id = run.info.experiment_id
         if experiment_id not in self._experiment_names:
             self._experiment_names[experiment_id] = self._call(self.client.get_experiment, experiment_id).name
         tags = dict(run.data.tags)
         name = run.info.run_name or tags.get("mlflow.runName") or run.info.run_id[:8]
         return RunSummary(run_id=run.info.run_id, name=name, experiment=self._experiment_names[experiment_id],
-                          params=dict(run.data.params), metrics=dict(run.data.metrics), tags=tags)
+                          params=dict(run.data.params), metrics={**(references or {}), **run.data.metrics},
+                          tags=tags)
 
     def outcomes(self, run: RunSummary) -> dict[tuple[str, str], Outcomes] | None:
         """The run's per-protein outcomes by (task label, representation label), or None when it has none.
@@ -345,36 +411,48 @@ class RunSource:
         Downloaded once per run into a temporary folder that is removed as soon as the files are read. A run
         without the artifacts (older runs) or whose files cannot be read is None: compare falls back to its
         logged intervals; the reason is kept in :attr:`problems`.
+
+        A task child run (shown by id) has its outcomes on its parent, as ``outcomes/<task>/<representation>.npz``:
+        that file is its ``(task, "model")`` entry, since the child logs its metrics as ``task/<label>/...``
+        whichever representation it scored; so two child runs are compared paired too.
         """
-        if run.run_id in self._outcomes:
-            return self._outcomes[run.run_id]
+        parent, task, reference = (run.tags.get(k) for k in (PARENT_TAG, TASK_TAG, REFERENCE_TAG))
+        if run.kind == "task" and parent and task and reference and not run.members:
+            found = self._outcomes_of(parent, f"{run.label} (its parent run {parent[:8]})")
+            outcome = found.get((task, reference)) if found else None
+            return {(task, "model"): outcome} if outcome is not None else None
+        return self._outcomes_of(run.run_id, run.label)
+
+    def _outcomes_of(self, run_id: str, label: str) -> dict[tuple[str, str], Outcomes] | None:
+        if run_id in self._outcomes:
+            return self._outcomes[run_id]
         from plmforge.core.uncertainty import read_outcomes
 
         found: dict[tuple[str, str], Outcomes] = {}
         try:
-            listed = self.client.list_artifacts(run.run_id, OUTCOMES_DIR)
+            listed = self.client.list_artifacts(run_id, OUTCOMES_DIR)
         except Exception:  # noqa: BLE001 - an artifact store it cannot list: no outcomes, compare unpaired
             listed = []
         if listed:
             os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no bars amid the table
             with tempfile.TemporaryDirectory(prefix="plmforge-compare-") as folder:
                 try:
-                    local = Path(self.client.download_artifacts(run.run_id, OUTCOMES_DIR, folder))
+                    local = Path(self.client.download_artifacts(run_id, OUTCOMES_DIR, folder))
                 except Exception as exc:  # noqa: BLE001 - same: fall back, and say why
-                    self.problems.append(f"outcomes of run {run.label} cannot be downloaded: "
+                    self.problems.append(f"outcomes of run {label} cannot be downloaded: "
                                          f"{type(exc).__name__}: {str(exc).strip()[:200]}")
                     local = None
                 for file in sorted(local.glob("*/*.npz")) if local is not None else ():
                     try:
                         outcome = read_outcomes(file)
                     except PlmforgeError as exc:
-                        where = f"artifact {OUTCOMES_DIR}/{file.parent.name}/{file.name} of run {run.label}"
+                        where = f"artifact {OUTCOMES_DIR}/{file.parent.name}/{file.name} of run {label}"
                         self.problems.append(str(exc).replace(f"outcomes file {file}", where))
                         continue
                     outcome.labels = outcome.predictions = outcome.offsets = None  # compare needs the replicates
                     found[(file.parent.name, file.stem)] = outcome
-        self._outcomes[run.run_id] = found or None
-        return self._outcomes[run.run_id]
+        self._outcomes[run_id] = found or None
+        return self._outcomes[run_id]
 
     def history(self, run_id: str, key: str) -> list[tuple[int, float]]:
         """(step, value) of every logged value of one metric, in step order."""
@@ -393,7 +471,7 @@ def _natural(key: str) -> list[Any]:
 def lower_is_better(metric: str) -> bool | None:
     """True for losses and errors, False for scores, None for metrics with no better direction (lr)."""
     name = metric.rsplit("/", 1)[-1].lower()
-    if name in NEUTRAL_METRICS:
+    if name in NEUTRAL_METRICS or name.endswith(NEUTRAL_SUFFIXES):
         return None
     return any(word in name for word in LOWER_IS_BETTER)
 
@@ -462,6 +540,59 @@ def group_replicates(runs: Sequence[RunSummary]) -> tuple[list[RunSummary], list
     return rows, notes
 
 
+def reference_rows(runs: Sequence[RunSummary]) -> list[RunSummary]:
+    """The references scored by ``runs`` as rows of their own: one per run and reference label.
+
+    A row's metrics are the parent's ``reference/<ref>/<label>/<metric>`` (and ``_ci_low`` / ``_ci_high``) as
+    ``task/<label>/<metric>``, so they fall in the same task columns as the models; ``representation`` is
+    the reference's label, so its per-protein outcomes are the parent's ``outcomes/<task>/<ref>.npz`` and
+    paired tests against the models work as between runs. Kind ``reference``, no params.
+
+    Several parents often score the same reference (every arm, every seed): a reference whose scores are
+    identical to one already listed (same experiment, label and every value: one-hot features, a reference
+    that does not depend on the seed) is listed once; the others carry their parent's replicate group, tasks
+    and seed, so :func:`group_replicates` pools those of one parent group over seeds like the parents
+    (random init, whose weights follow the seed). Ordered by reference label (first appearance), after
+    nothing else: the caller puts them below the runs.
+    """
+    found: dict[str, list[RunSummary]] = {}
+    seen: set[tuple[Any, ...]] = set()
+    for run in runs:
+        by_reference: dict[str, dict[str, float]] = {}
+        for key, value in run.metrics.items():
+            parts = key.split("/")
+            if parts[0] == "reference" and len(parts) >= 4:
+                by_reference.setdefault(parts[1], {})["/".join(["task", *parts[2:]])] = value
+        for reference, metrics in by_reference.items():
+            identity = (run.experiment, reference, tuple(sorted((k, repr(v)) for k, v in metrics.items())))
+            if identity in seen:
+                continue
+            seen.add(identity)
+            tags = {KIND_TAG: "reference", REFERENCE_TAG: reference}
+            group = run.tags.get(GROUP_TAG) or (replicate_group(run.params) if run.params else None)
+            if group is not None:
+                tags[GROUP_TAG] = f"{group}/{reference}"
+            if run.seed is not None:
+                tags[SEED_TAG] = str(run.seed)
+            if TASKS_TAG in run.tags:
+                tags[TASKS_TAG] = run.tags[TASKS_TAG]
+            found.setdefault(reference, []).append(RunSummary(
+                run_id=run.run_id, name=f"reference: {reference}", experiment=run.experiment, metrics=metrics,
+                tags=tags, representation=reference, parent=run))
+    return [row for rows in found.values() for row in rows]
+
+
+def _parent_name(row: RunSummary) -> str:
+    """The name of the parent (row) behind a reference row: the spec's for a pooled one, else the run's."""
+    parents = [run.parent for run in row.runs if run.parent is not None]
+    if not parents:
+        return ""
+    if len(parents) == 1:
+        return parents[0].name
+    first = parents[0]
+    return first.tags.get("plmforge.spec_name") or first.params.get("name") or first.name
+
+
 OutcomesOf = Callable[[RunSummary], "Mapping[tuple[str, str], Outcomes] | None"]
 
 
@@ -495,7 +626,8 @@ def _evidence(row: RunSummary, key: str, outcomes_of: OutcomesOf | None, confide
     found: list[Outcomes | None] = []
     for run, _ in values:
         table = outcomes_of(run) if where and outcomes_of else None
-        outcome = table.get(where[:2]) if table else None
+        wanted = (where[0], run.representation if where[1] == "model" else where[1]) if where else None
+        outcome = table.get(wanted) if table else None
         found.append(outcome if outcome is not None and where[2] in outcome.metric_names else None)
     missing = [run for (run, _), o in zip(values, found) if o is None] if where else []
     complete = [o for o in found if o is not None] if where and not missing else None
@@ -605,19 +737,32 @@ class _Notes:
 
 def build_comparison(runs: Sequence[RunSummary], metrics: Sequence[str] = DEFAULT_METRICS,
                      references: bool = False, outcomes: OutcomesOf | None = None, baseline: str | None = None,
-                     group: bool = True, replicates: bool = False) -> Comparison:
+                     group: bool = True, replicates: bool = False, params: Sequence[str] | None = None
+                     ) -> Comparison:
     """Columns: run, [experiment], [kind], differing params, metrics matching the patterns (in pattern order).
 
+    ``references``: the references the runs scored become rows below them (:func:`reference_rows`), in the
+    same metric columns, with kind ``reference`` and no params. ``params``: fnmatch patterns choosing which
+    of the differing params are columns (None: all of them; empty: none).
     ``experiment`` and ``kind`` appear only when they differ among the rows. A metric's ``_ci_low`` /
     ``_ci_high`` are its interval, not columns. The best cell of a metric column is marked only where at
     least two rows have values and they are not all equal; where the column has intervals, only when the
     best is significantly better than every other row (else the tied cells are marked, see the module
     docstring). ``outcomes(run)`` gives a run's per-protein outcomes (None: it has none; paired tests need
     them). ``group`` pools seed replicates into one row; ``replicates`` also lists them under it.
-    ``baseline`` (a run id of the shown runs) adds the differences of every other row to it.
+    ``baseline`` (a run id of the shown runs, or ``reference:<label>`` for a reference row) adds the
+    differences of every other row to it.
     """
     notes = _Notes()
     rows, grouping_notes = group_replicates(runs) if group else (list(runs), [])
+    if references:
+        scored, more = group_replicates(reference_rows(runs)) if group else (reference_rows(runs), [])
+        grouping_notes += more
+        labels = [row.representation for row in scored]
+        for row in scored:  # one reference scored differently by several parents: say whose each row is
+            if labels.count(row.representation) > 1 and _parent_name(row):
+                row.name = f"reference: {row.representation} · {_parent_name(row)}"
+        rows += scored
     for line in grouping_notes:
         notes.add(line)
     shown: list[RunSummary] = []
@@ -636,13 +781,16 @@ def build_comparison(runs: Sequence[RunSummary], metrics: Sequence[str] = DEFAUL
         columns.append(Column("experiment", "experiment"))
     if len({shown[i].kind for i in tops}) > 1:
         columns.append(Column("kind", "kind"))
-    param_keys = {k for i in tops for k in shown[i].params if not any(fnmatchcase(k, p) for p in IGNORED_PARAMS)}
+    runs_with_params = [i for i in tops if shown[i].kind != "reference"]
+    param_keys = {k for i in runs_with_params for k in shown[i].params
+                  if not any(fnmatchcase(k, p) for p in IGNORED_PARAMS)
+                  and (params is None or any(fnmatchcase(k, p) for p in params))}
     for key in sorted(param_keys, key=_natural):
-        if len({shown[i].params.get(key) for i in tops}) > 1:
+        if len({shown[i].params.get(key) for i in runs_with_params}) > 1:
             columns.append(Column("param", key))
 
     logged = {k for row in shown for run in row.runs for k in run.metrics}
-    patterns = list(metrics) + ([REFERENCE_METRICS] if references else [])
+    patterns = list(metrics)
     chosen: dict[str, None] = {}
     unmatched = []
     for pattern in patterns:
@@ -751,7 +899,12 @@ def _mark_best(comparison: Comparison, tops: list[int], evidence: Mapping[tuple[
 def _baseline_differences(comparison: Comparison, tops: list[int], evidence: Mapping[tuple[int, int], _Evidence],
                           baseline: str, notes: _Notes) -> None:
     """``deltas[row][col]``: each top row minus the baseline row, with the interval of the difference."""
-    matches = [r for r in tops if any(run.run_id.startswith(baseline) for run in comparison.runs[r].runs)]
+    if baseline.startswith("reference:"):
+        label = baseline[len("reference:"):].strip()
+        matches = [r for r in tops if comparison.runs[r].representation == label]
+    else:
+        matches = [r for r in tops if comparison.runs[r].representation == "model"
+                   and any(run.run_id.startswith(baseline) for run in comparison.runs[r].runs)]
     if not matches:
         raise PlmforgeError(f"--baseline {baseline!r} is not one of the compared runs")
     base = comparison.baseline = matches[0]

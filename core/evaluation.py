@@ -4,11 +4,15 @@ For every task of the spec and every representation (the model itself, and the r
 ``evaluation.references``: one-hot residues and a randomly initialised model of the same size show
 what pretraining buys, a published protein LM where a real one stands), the evaluator builds
 :class:`HeadData`, lets the backend fit the head, turns the predictions into metrics with the task,
-and logs one nested MLflow run per pair under the parent (pretraining or evaluation)
-run. The parent also gets the test metrics as ``task/<label>/<metric>`` (model) and
-``reference/<ref>/<label>/<metric>`` (references), which is what ``plmforge compare`` reads. A
-reference that cannot be built or fails to embed is reported (tag ``plmforge.reference_error.<ref>``)
-and left out; the rest of the evaluation goes on.
+and logs one nested MLflow run per pair under the parent (pretraining or evaluation) run, named
+``<task>·<representation> <parent's short label>``, started before the embedding so that its duration
+is the work's. Model and reference runs log the same names (docs/tracking.md): ``task/<label>/<metric>``
+with its bootstrap interval, ``task/<label>/validation/<metric>``, ``head/<k>`` per epoch and
+``time/embedding_seconds``, ``time/fit_seconds``, ``time/bootstrap_seconds``. The parent gets the
+model's test metrics (``task/<label>/<metric>``) and the per-protein outcomes of every representation
+(``outcomes/<task>/<representation>.npz``); ``plmforge compare`` reads the references from the child
+runs. A reference that cannot be built or fails to embed is reported (tag
+``plmforge.reference_error.<ref>``) and left out; the rest of the evaluation goes on.
 
 Frozen embeddings are cached on disk per model weights, prefix and protein set, so several heads on
 the same proteins (Q3 and Q8, say) embed them once, and re-evaluating a checkpoint embeds nothing.
@@ -20,7 +24,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -31,11 +35,19 @@ from plmforge.core import embedding
 from plmforge.core.backend import Backend
 from plmforge.core.build import build_model
 from plmforge.core.errors import PlmforgeError
-from plmforge.core.heads import HeadData, HeadResult
+from plmforge.core.heads import HeadData, HeadResult, HeadSettings
 from plmforge.core.reference import Reference, ReferenceContext
 from plmforge.core.registry import Registry
 from plmforge.core.task import SPLITS, Task, TaskData, TaskSplit
-from plmforge.core.tracking import Tracker, flatten
+from plmforge.core.tracking import (
+    Tracker,
+    flatten,
+    replicate_group,
+    run_params,
+    short_overrides,
+    source_tags,
+    task_params_section,
+)
 from plmforge.core.uncertainty import Outcomes, task_outcomes, write_outcomes
 from plmforge.core.vocab import Vocab
 
@@ -73,6 +85,11 @@ class TaskOutcome:
     #: test metric -> standard deviation over head seeds (only with more than one)
     head_sd: dict[str, float] = field(default_factory=dict)
     outcomes_file: Path | None = None  # the per-protein outcomes (also the parent run's artifact)
+    #: ``seconds`` in parts: the head's inputs (embedding, or reading the embedding cache; standardising), fitting
+    #: the head over all head seeds, and the test metrics with their bootstrap intervals
+    embedding_seconds: float = 0.0
+    fit_seconds: float = 0.0
+    bootstrap_seconds: float = 0.0
 
     def shown(self, split: str = "test") -> str:
         """``q3 0.6210 [0.5940, 0.6570]  macro_f1 ...``: the metrics of a split, with intervals where known."""
@@ -177,12 +194,30 @@ def standardize(inputs: dict[str, HeadData]) -> None:
 
     Heads then see inputs of one scale whatever produced them (one-hot columns, embeddings of any
     norm), so a fixed learning rate and epoch budget is fair to every representation.
+
+    Memory: per-residue states of a wide model (UniRep's 1,900 columns) are gigabytes, so no copy of
+    them is made: the statistics are summed one protein at a time in float64 (two passes, as numpy's
+    own ``std``), and each float32 array is overwritten, the float64 arithmetic done in numpy's small
+    casting buffers. An array that cannot be written (read-only, or not float32) is replaced by a
+    standardised float32 copy, one protein at a time. Protein-level inputs are not pooled first:
+    heads batch proteins by length, so pooling would change what a head is fitted on.
     """
-    flat = np.concatenate(inputs["train"].inputs).astype(np.float64)
-    mean = flat.mean(axis=0)
-    std = np.maximum(flat.std(axis=0), 1e-6)
+    train = inputs["train"].inputs
+    count = sum(len(x) for x in train)
+    mean = sum(np.sum(x, axis=0, dtype=np.float64) for x in train) / count
+    variance = sum(np.sum(np.square(x - mean), axis=0) for x in train) / count
+    std = np.maximum(np.sqrt(variance), 1e-6)
     for data in inputs.values():
-        data.inputs = [((x - mean) / std).astype(np.float32) for x in data.inputs]
+        data.inputs = [_standardized(x, mean, std) for x in data.inputs]
+
+
+def _standardized(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """``(x - mean) / std`` in float32, written into ``x`` itself when it is a writable float32 array."""
+    if not (isinstance(x, np.ndarray) and x.dtype == np.float32 and x.flags.writeable):
+        x = np.array(x, dtype=np.float32)
+    np.subtract(x, mean, out=x, casting="same_kind")
+    np.divide(x, std, out=x, casting="same_kind")
+    return x
 
 
 def subsample(split: TaskSplit, limit: int | None, seed: int) -> TaskSplit:
@@ -374,6 +409,47 @@ class Evaluator:
 
     def _fit(self, label: str, task: Task, data: TaskData, splits: dict[str, TaskSplit],
              representation: Representation) -> TaskOutcome:
+        """One task on one representation, in its own child run: started before the embedding, so its
+        duration in MLflow is the work's; ended FAILED (a reference with ``plmforge.reference_error``) on errors."""
+        child = self.parent.child(child_run_name(label, representation.name, self.parent))
+        if child is not None:
+            child.set_tags({"plmforge.kind": "task", "plmforge.task": label, "plmforge.reference": representation.name,
+                            "plmforge.task_plugin": type(task).__name__})
+            note = self._frozen_note(task, representation)
+            if note:
+                child.set_tags({"plmforge.note": note})
+            child.log_params(self._params(label, task, data, representation, splits))
+        status = "FAILED"
+        try:
+            outcome = self._fit_logged(label, task, data, splits, representation, child)
+            status = "FINISHED"
+        except _ReferenceFailed as exc:
+            if child is not None:
+                child.set_tags({"plmforge.reference_error": str(exc)[:4000]})
+            raise
+        finally:
+            if child is not None:
+                child.end(status)
+        return outcome
+
+    def _params(self, label: str, task: Task, data: TaskData, representation: Representation,
+                splits: dict[str, TaskSplit]) -> dict[str, object]:
+        """A task run's params: the task's options (those its head uses), its data and the bootstrap settings."""
+        config = task.config.model_dump(mode="json")
+        if self._frozen_note(task, representation):  # what was fitted, not only what was asked
+            config["head"]["finetune"] = "frozen"
+        params: dict[str, object] = flatten(task_params_section(config, pair=task.level == "pair"))
+        params.update({f"data.{k}": v for k, v in data.notes.items()})
+        params.update({"task": label, "reference": representation.name,
+                       **{f"proteins.{name}": len(split) for name, split in splits.items()}})
+        settings = task.config.head
+        params.update({"head.seeds": ",".join(map(str, _head_seeds(settings))),
+                       "bootstrap.resamples": self.plan.bootstrap_resamples,
+                       "bootstrap.confidence": self.plan.confidence, "bootstrap.seed": self.plan.bootstrap_seed})
+        return params
+
+    def _fit_logged(self, label: str, task: Task, data: TaskData, splits: dict[str, TaskSplit],
+                    representation: Representation, child: Tracker | None) -> TaskOutcome:
         reference = representation.name
         settings = task.config.head
         if representation.backend is None and settings.finetune != "frozen":
@@ -381,17 +457,24 @@ class Evaluator:
         started = time.perf_counter()
         title = f"{label} [{representation.title}]"
         self.say(f"{title}: {'embedding' if settings.finetune == 'frozen' else 'tokenizing'} proteins")
+        hits, misses = self.cache.hits, self.cache.misses
         inputs = {name: self._inputs(task, split, representation) for name, split in splits.items()}
         if settings.finetune == "frozen" and self.plan.standardize:
             standardize(inputs)
+        embedding_seconds = time.perf_counter() - started
+        if child is not None:
+            child.set_tags({"plmforge.embedding": _embedding_source(settings.finetune, self.cache.hits - hits,
+                                                                    self.cache.misses - misses)})
+        fit_started = time.perf_counter()
         problem = task.problem(data)
-        seeds = [int(s) for s in getattr(settings, "head_seeds", [settings.seed])]
+        seeds = _head_seeds(settings)
         repeats = f", {len(seeds)} head seeds" if len(seeds) > 1 else ""
         self.say(f"{title}: fitting a {settings.kind} head ({settings.finetune}, {settings.epochs} epochs{repeats})")
         fitter = representation.backend or self.backend  # one-hot heads train on the run's backend
         results: list[HeadResult] = [
             fitter.fit_head(problem, settings.model_copy(update={"seed": seed}), inputs["train"], inputs["validation"],
                             [inputs["validation"], inputs["test"]]) for seed in seeds]
+        fit_seconds = time.perf_counter() - fit_started
         bootstrap_started = time.perf_counter()
         plan = self.plan
         tested = task_outcomes(task, [r.predictions[1] for r in results], splits["test"], data,
@@ -402,7 +485,8 @@ class Evaluator:
                    "test": {name: float(tested.point[m]) for m, name in enumerate(tested.metric_names)}}
         seconds = time.perf_counter() - started
         outcome = TaskOutcome(label, reference, metrics, results[0].best_epoch, seconds, confidence=plan.confidence,
-                              head_seeds=seeds)
+                              head_seeds=seeds, embedding_seconds=embedding_seconds, fit_seconds=fit_seconds,
+                              bootstrap_seconds=bootstrap_seconds)
         if plan.bootstrap_resamples > 0:
             outcome.intervals = {name: (float(tested.low[m]), float(tested.high[m]))
                                  for m, name in enumerate(tested.metric_names)}
@@ -411,9 +495,14 @@ class Evaluator:
             per_seed = [task.metrics(r.predictions[1], splits["test"], data) for r in results]
             outcome.head_sd = {name: float(np.nanstd([v.get(name, np.nan) for v in per_seed], ddof=1))
                                for name in metrics["test"]}
-        figure_dir = plan.output_dir / "tasks" / label / reference
-        outcome.figures = task.figures(results[0].predictions[1], splits["test"], data, figure_dir)
-        outcome.run_id = self._log(label, task, data, representation, splits, results, outcome, bootstrap_seconds)
+        from plmforge.core.figures import FigureContext, task_figures
+
+        figure_dir = plan.output_dir / "figures"  # <task>.<representation>.<what>.png, the names they are logged by
+        context = FigureContext(label, reference, self.parent.short_label, metrics["test"], outcome.intervals)
+        outcome.figures = task_figures(task, results[0].predictions[1], splits["test"], data, figure_dir, context)
+        for figure in outcome.figures:  # at the root, where MLflow's compare view looks for common artifacts
+            self.parent.log_artifact(figure)
+        outcome.run_id = self._log(label, representation, results, outcome, child)
         self.say(f"{title}: test {outcome.shown()}  ({seconds:.0f} s)")
         return outcome
 
@@ -424,46 +513,54 @@ class Evaluator:
         self.parent.log_artifact(path, f"outcomes/{label}")
         return path
 
-    def _log(self, label: str, task: Task, data: TaskData, representation: Representation, splits: dict[str, TaskSplit],
-             results: list[HeadResult], outcome: TaskOutcome, bootstrap_seconds: float) -> str | None:
+    def _log(self, label: str, representation: Representation, results: list[HeadResult], outcome: TaskOutcome,
+             child: Tracker | None) -> str | None:
+        """The outcome's metrics on its child run (docs/tracking.md names them) and the model's test metrics on the
+        parent; a reference's results stay on its child run, where ``plmforge compare`` reads them."""
         parent = self.parent
         reference = representation.name
         result = results[0]  # the first head seed's history and best epoch; metrics are means over all
         bounds = {f"{k}_ci_{side}": value for k, (low, high) in outcome.intervals.items()
                   for side, value in (("low", low), ("high", high))}
-        child = parent.child(f"{label} [{representation.title}]")
+        scores = {f"task/{label}/{k}": v for k, v in {**outcome.metrics["test"], **bounds}.items()}
         if child is not None:
-            child.set_tags({"plmforge.kind": "task", "plmforge.task": label, "plmforge.reference": reference,
-                            "plmforge.task_plugin": type(task).__name__,
-                            "plmforge.trainable_parameters": result.trainable_parameters})
-            params = flatten(task.config.model_dump(mode="json"))
-            params.update({f"data.{k}": v for k, v in data.notes.items()})
-            params.update({"task": label, "reference": reference,
-                           **{f"proteins.{name}": len(split) for name, split in splits.items()}})
-            note = self._frozen_note(task, representation)
-            if note:  # what was fitted, not only what was asked
-                params["head.finetune"] = "frozen"
-                child.set_tags({"plmforge.note": note})
-            params.update({"head.seeds": ",".join(map(str, outcome.head_seeds)),
-                           "head.best_epochs": ",".join(str(r.best_epoch) for r in results),
-                           "bootstrap.resamples": self.plan.bootstrap_resamples,
-                           "bootstrap.confidence": self.plan.confidence, "bootstrap.seed": self.plan.bootstrap_seed})
-            child.log_params(params)
+            child.set_tags({"plmforge.trainable_parameters": result.trainable_parameters})
+            child.log_params({"head.best_epochs": ",".join(str(r.best_epoch) for r in results)})
             for epoch, entry in enumerate(result.history, start=1):
                 child.log_metrics({f"head/{k}": v for k, v in entry.items()}, epoch)
-            final = {f"{split}/{k}": v for split, values in outcome.metrics.items() for k, v in values.items()}
-            final.update({f"test/{k}": v for k, v in bounds.items()})
-            final.update({f"test/{k}_head_sd": v for k, v in outcome.head_sd.items()})
+            final = dict(scores)
+            final.update({f"task/{label}/validation/{k}": v for k, v in outcome.metrics["validation"].items()})
+            final.update({f"task/{label}/{k}_head_sd": v for k, v in outcome.head_sd.items()})
             final["head/best_epoch"] = float(result.best_epoch)
-            final["head/seconds"] = outcome.seconds
-            final["head/bootstrap_seconds"] = bootstrap_seconds
+            final.update({"time/embedding_seconds": outcome.embedding_seconds, "time/fit_seconds": outcome.fit_seconds,
+                          "time/bootstrap_seconds": outcome.bootstrap_seconds})
             child.log_metrics(_finite(final), result.best_epoch)
             for figure in outcome.figures:
-                child.log_artifact(figure, "figures")
-            child.end()
-        prefix = f"task/{label}" if reference == "model" else f"reference/{reference}/{label}"
-        parent.log_metrics(_finite({f"{prefix}/{k}": v for k, v in {**outcome.metrics["test"], **bounds}.items()}), 0)
+                child.log_artifact(figure)
+        if reference == "model":
+            parent.log_metrics(_finite(scores), 0)
         return child.run_id if child is not None else None
+
+
+def child_run_name(label: str, representation: str, parent: Tracker) -> str:
+    """``ss3·model lr=0.002``: short, and told apart from the same task's run under another parent."""
+    return f"{label}·{representation} {parent.short_label}".rstrip()
+
+
+def _head_seeds(settings: HeadSettings) -> list[int]:
+    return [int(s) for s in getattr(settings, "head_seeds", [settings.seed])]
+
+
+def _embedding_source(finetune: str, hits: int, misses: int) -> str:
+    """Where a task run's inputs came from (its ``plmforge.embedding`` tag): a cached embedding costs no
+    embedding time in this run, which ``time/embedding_seconds`` alone does not say."""
+    if finetune != "frozen":
+        return "token ids (fine-tuning embeds inside the head)"
+    if hits and not misses:
+        return "cached"
+    if hits:
+        return f"cached for {hits} of {hits + misses} splits"
+    return "computed"
 
 
 def _mean_metrics(per_seed: list[dict[str, float]]) -> dict[str, float]:
@@ -533,27 +630,49 @@ def run_tasks(plan: EvaluationPlan, backend: Backend, vocab: Vocab, parent: Trac
     return Evaluator(plan, backend, vocab, parent, random_model, say, on_task_end, warn=warn).run()
 
 
+#: Evaluation options that do not change its results: left out of :func:`evaluation_group`.
+GROUP_IGNORED = ("batch_tokens", "embedding_cache")
+
+
+def evaluation_group(model: Mapping[str, str], spec: Spec) -> str:
+    """The ``plmforge.replicate_group`` of an evaluation run: :func:`~plmforge.core.tracking.replicate_group` of
+    the model's flattened spec (``model``; its seed left out) together with what the evaluation did (``spec``'s
+    backend, tasks, references, standardising and bootstrap settings), so compare pools the seed replicates of
+    a model only when they were evaluated alike."""
+    evaluation = {k: v for k, v in spec.evaluation.model_dump(mode="json").items() if k not in GROUP_IGNORED}
+    tasks = [task_params_section(section.model_dump(mode="json")) for section in spec.tasks]  # options heads use
+    done = {"backend": spec.backend.name, "tasks": tasks, "evaluation": evaluation}
+    return replicate_group({**model, **flatten(done, "evaluated")})
+
+
 def evaluate_checkpoint(spec: Spec, checkpoint: Path, registry: Registry | None = None,
                         say: Callable[[str], None] = print, tracking: bool = True,
-                        warn: Callable[[str], None] | None = None) -> tuple[list[TaskOutcome], str | None]:
+                        warn: Callable[[str], None] | None = None, spec_path: Path | None = None,
+                        overrides: Sequence[str] = ()) -> tuple[list[TaskOutcome], str | None]:
     """``plmforge evaluate``: the tasks of ``spec`` on a checkpoint, as a top-level MLflow evaluation run.
 
     The model (size, vocabulary, weights) comes from the checkpoint; the backend, tasks, references and
     tracking come from ``spec``. Returns the outcomes and the evaluation run's id. ``warn`` (default
-    ``say``) tells of references left out.
+    ``say``) tells of references left out. ``spec_path`` and ``overrides`` (the ``--set`` texts) are recorded
+    on the run, and the overrides name it apart from other evaluations of the same model.
     """
     if not spec.tasks:
         raise PlmforgeError(f"spec {spec.name!r} lists no tasks: add a 'tasks:' section to evaluate")
     registry = registry or Registry()
     backend_section = {"name": spec.backend.name, **spec.backend.plugin_options()}
     backend, vocab, model_spec, path = embedding.load_model_and_spec(checkpoint, backend_section, registry)
+    label = short_overrides(overrides)
     tracker = Tracker(spec.tracking.enabled and tracking, spec.tracking.tracking_uri, spec.tracking.experiment,
-                      spec.tracking.run_name or f"{model_spec.name} evaluation", warn=say)
+                      spec.tracking.run_name or f"{model_spec.name} evaluation{' ' + label if label else ''}",
+                      warn=say, overrides=overrides)
     run_id = tracker.start()
-    tracker.log_params(flatten(model_spec.to_dict()))
+    tracker.log_params(run_params(model_spec.to_dict()))
+    tracker.set_tags(source_tags(spec_path, overrides))
     tracker.set_tags({"plmforge.kind": "evaluation", "plmforge.checkpoint": str(path.resolve()),
                       "plmforge.backend": spec.backend.name, "plmforge.spec_name": model_spec.name,
-                      "plmforge.tasks": ",".join(section.label or section.name for section in spec.tasks)})
+                      "plmforge.tasks": ",".join(section.label or section.name for section in spec.tasks),
+                      "plmforge.replicate_group": evaluation_group(flatten(model_spec.to_dict()), spec),
+                      "plmforge.seed": model_spec.seed})
     status = "FAILED"
     try:
         outcomes = run_tasks(EvaluationPlan.from_spec(spec), backend, vocab, tracker,

@@ -27,7 +27,7 @@ import numpy as np
 from plmforge.core.backend import Backend
 from plmforge.core.build import make_backend
 from plmforge.core.errors import PlmforgeError
-from plmforge.core.evaluation import EvaluationPlan, Evaluator, TaskOutcome, prepared_splits
+from plmforge.core.evaluation import EvaluationPlan, Evaluator, TaskOutcome, evaluation_group, prepared_splits
 from plmforge.core.model_config import ModelConfig
 from plmforge.core.reference import Reference, ReferenceConfig
 from plmforge.core.registry import Registry
@@ -169,7 +169,11 @@ def evaluate_embeddings(spec: Spec, path: Path, registry: Registry | None = None
                         "embeddings.width": width, "seed": spec.seed})
     tracker.set_tags({"plmforge.kind": "evaluation", "plmforge.embeddings": str(path.resolve()),
                       "plmforge.backend": spec.backend.name, "plmforge.spec_name": spec.name,
-                      "plmforge.tasks": ",".join(section.label or section.name for section in spec.tasks)})
+                      "plmforge.tasks": ",".join(section.label or section.name for section in spec.tasks),
+                      # the file stands for the model: evaluations of one file pool over the spec's seed only
+                      "plmforge.replicate_group": evaluation_group({"embeddings.path": str(path.resolve()),
+                                                                    "embeddings.width": str(width)}, spec),
+                      "plmforge.seed": spec.seed})
     status = "FAILED"
     try:
         outcomes = Evaluator(plan, host, vocab, tracker, say=say, model=PrecomputedEmbeddings(file), warn=warn).run()

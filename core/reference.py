@@ -44,7 +44,7 @@ class ReferenceConfig(StrictModel):
 
     label: str | None = Field(
         None, min_length=1, pattern=r"^[A-Za-z0-9_.-]+$",
-        description="Name in metric keys (reference/<label>/<task>/<metric>) and tables; defaults to the "
+        description="Name in run names, the plmforge.reference tag and tables; defaults to the "
                     "reference's own (e.g. 'onehot', 'unirep1900').")
 
 

@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 import numpy as np
 from pydantic import Field, model_validator
 
+from plmforge.core.figures import FigureContext
 from plmforge.core.heads import IGNORE, HeadProblem, HeadSettings, Level, Target
 from plmforge.core.strict import StrictModel
 from plmforge.core.uncertainty import MetricParts, confusion_parts, contact_parts
@@ -204,25 +205,34 @@ class Task(ABC):
             return confusion_parts(predictions, split.labels, len(data.classes or ()))
         return None
 
-    def figures(self, predictions: list[np.ndarray], split: TaskSplit, data: TaskData,
-                directory: Path) -> list[Path]:
-        """Pictures worth looking at: a confusion matrix, a contact map or a scatter plot."""
+    def figures(self, predictions: list[np.ndarray], split: TaskSplit, data: TaskData, directory: Path, *,
+                context: FigureContext | None = None) -> list[Path]:
+        """Pictures worth looking at: a confusion matrix, a contact map or a scatter plot, as files in ``directory``.
+
+        ``context`` (given by the evaluation) names the task, representation, run and test scores: use
+        ``context.title`` as the title and ``context.file_name(what)`` as the file name, so that the same
+        figure of two runs is titled alike and compared side by side in MLflow. An override that does not
+        take ``context`` still works: its files are renamed to ``<task>.<representation>.<its name>``.
+        """
         from plmforge.core import figures as f
         from plmforge.core import metrics as m
 
+        context = context if context is not None else FigureContext("", "")
+        title = context.title or type(self).__name__
         directory.mkdir(parents=True, exist_ok=True)
-        name = type(self).__name__
         if self.level == "pair":
             index = int(np.argmax([len(y) for y in split.labels]))  # the longest test protein
             probabilities = 1.0 / (1.0 + np.exp(-predictions[index]))
-            return [f.contact_map_png(probabilities, split.labels[index], directory / "contact_map.png",
-                                      f"{name}: {split.ids[index]} (upper: predicted, lower: true)")]
+            subtitle = f"test protein {split.ids[index]}, {len(split.labels[index])} residues"
+            return [f.contact_map_png(probabilities, split.labels[index], directory / context.file_name("map"),
+                                      f"{title}\n{subtitle}")]
         if self.target == "regression":
-            return [f.regression_scatter_png(*_flat_values(predictions, split), directory / "scatter.png", name)]
+            path = directory / context.file_name("scatter")
+            return [f.regression_scatter_png(*_flat_values(predictions, split), path, title)]
         classes = data.classes or []
         logits, labels = _flat_logits(predictions, split)
         matrix = m.confusion_matrix(np.argmax(logits, axis=-1), labels, len(classes), ignore=IGNORE)
-        return [f.confusion_matrix_png(matrix, classes, directory / "confusion_matrix.png", name)]
+        return [f.confusion_matrix_png(matrix, classes, directory / context.file_name("confusion"), title)]
 
 
 def _flat_values(predictions: list[np.ndarray], split: TaskSplit) -> tuple[np.ndarray, np.ndarray]:

@@ -521,3 +521,174 @@ def test_train_seeds_runs_replicates_that_compare_pools(tmp_path):
     assert "continue with --seeds 1,0 --resume" in fresh.output
     bad = CliRunner().invoke(main, ["train", str(path), "--seeds", "2-1"])
     assert bad.exit_code == 1 and "runs backwards" in bad.output
+
+
+# -- references: on the parent (old runs) or on their own task child runs (now) --------------------------------
+
+
+def interval_metrics(prefix: str, outcome) -> list:
+    from mlflow.entities import Metric
+
+    out = []
+    for metric in outcome.metric_names:
+        point, low, high = outcome.interval(metric)
+        out += [Metric(f"{prefix}/{metric}", point, 0, 0), Metric(f"{prefix}/{metric}_ci_low", low, 0, 0),
+                Metric(f"{prefix}/{metric}_ci_high", high, 0, 0)]
+    return out
+
+
+def log_task_child(client, experiment_id, parent, task, reference, outcome, layout):
+    """A task child run as ``evaluate`` logs it: now ``task/<label>/...`` names (the model's and a reference's
+    alike), before ``test/...`` and ``validation/...``."""
+    from mlflow.entities import Metric
+
+    tags = {"plmforge.kind": "task", "plmforge.task": task, "plmforge.reference": reference,
+            "mlflow.parentRunId": parent}
+    name = f"{task}·{reference} {parent[:6]}" if layout == "new" else f"{task} [{reference}]"
+    run_id = client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
+    metrics = [Metric("head/loss", 1.0 / epoch, 0, epoch) for epoch in (1, 2, 3)]
+    if layout == "new":
+        metrics += interval_metrics(f"task/{task}", outcome)
+        metrics += [Metric(f"task/{task}/validation/{m}", 0.99, 0, 0) for m in outcome.metric_names]
+        metrics += [Metric(f"task/{task}/{m}_head_sd", 0.01, 0, 0) for m in outcome.metric_names]
+        metrics += [Metric("time/fit_seconds", 2.0, 0, 0), Metric("head/best_epoch", 3.0, 0, 0)]
+    else:
+        metrics += [Metric(f"test/{m}", outcome.interval(m)[0], 0, 0) for m in outcome.metric_names]
+    client.log_batch(run_id, metrics=metrics)
+    client.set_terminated(run_id)
+    return run_id
+
+
+def log_parent(client, experiment_id, name, tmp_path, layout, model, references, params, tags):
+    """A pretraining parent with one task (ss3): the model's metrics and the outcomes files on the parent; the
+    references' metrics on the parent (``old``) or only on their child runs (``new``)."""
+    from mlflow.entities import Param, RunTag
+
+    from plmforge.core.uncertainty import write_outcomes
+
+    run_id = client.create_run(experiment_id, run_name=name, tags={"plmforge.kind": "pretrain", **tags}).info.run_id
+    metrics = interval_metrics("task/ss3", model)
+    for representation, outcome in {"model": model, **references}.items():
+        write_outcomes(tmp_path / run_id / f"{representation}.npz", outcome)
+        client.log_artifact(run_id, str(tmp_path / run_id / f"{representation}.npz"), "outcomes/ss3")
+        if representation != "model" and layout == "old":
+            metrics += interval_metrics(f"reference/{representation}/ss3", outcome)
+        log_task_child(client, experiment_id, run_id, "ss3", representation, outcome, layout)
+    client.log_batch(run_id, metrics=metrics, params=[Param(k, v) for k, v in params.items()],
+                     tags=[RunTag("plmforge.backend", "torch")])
+    client.set_terminated(run_id)
+    return run_id
+
+
+@pytest.fixture(scope="module")
+def layouts(tmp_path_factory):
+    """The same three parents (two seed replicates of lr 0.001, one run of lr 0.003) in experiment ``old``
+    (references on the parent) and ``new`` (references on their child runs); ``mixed``: a parent that logged a
+    reference itself and also has a child run logging another value of it."""
+    from mlflow.tracking import MlflowClient
+
+    tmp_path = tmp_path_factory.mktemp("layouts")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    rng = np.random.default_rng(2)
+    base = rng.uniform(0.3, 0.9, PROTEINS)
+    onehot = outcomes_of({"q3": base - 0.1, "macro_f1": base - 0.2})  # the same in every run
+    arms = [("lr-a seed 0", "0.001", "0", 0.00), ("lr-a seed 1", "0.001", "1", 0.02), ("lr-b", "0.003", "0", 0.05)]
+    scores = [(outcomes_of({"q3": base + shift, "macro_f1": base - 0.1 + shift}),
+               outcomes_of({"q3": base - 0.15 + rng.normal(0, 0.01, PROTEINS),  # random init: differs by run
+                            "macro_f1": base - 0.3 + rng.normal(0, 0.01, PROTEINS)}))
+              for *_, shift in arms]
+    ids: dict[str, dict[str, str]] = {}
+    for layout in ("old", "new"):
+        experiment = client.create_experiment(layout)
+        ids[layout] = {}
+        for (name, lr, seed, _), (model, random) in zip(arms, scores):
+            ids[layout][name] = log_parent(
+                client, experiment, name, tmp_path / layout, layout, model, {"onehot": onehot, "random": random},
+                params={"name": name.split()[0], "seed": seed, "training.optimizer.lr": lr},
+                tags={"plmforge.replicate_group": f"g{lr}", "plmforge.seed": seed})
+    mixed = client.create_experiment("mixed")
+    ids["mixed"] = {"parent": log_parent(client, mixed, "both", tmp_path / "mixed", "old", scores[0][0],
+                                         {"onehot": onehot}, params={}, tags={})}
+    log_task_child(client, mixed, ids["mixed"]["parent"], "ss3", "onehot", scores[2][0], "new")
+    return uri, ids
+
+
+def normalized(text: str, ids: dict[str, str], experiment: str) -> str:
+    for name, run_id in ids.items():
+        text = text.replace(run_id, f"<{name}>").replace(run_id[:8], f"<{name}>")
+    return text.replace(f",{experiment},", ",<experiment>,")  # csv's experiment column
+
+
+def test_references_from_child_runs_give_the_table_of_references_on_the_parent(layouts):
+    uri, ids = layouts
+    outputs = {}
+    for layout in ("old", "new"):
+        base = ids[layout]["lr-b"]
+        for fmt in ("table", "csv", "markdown"):
+            out = cli("--tracking-uri", uri, "-e", layout, "--references", "--baseline", base[:8], "--format", fmt,
+                      "--replicates")
+            assert out.exit_code == 0, out.output
+            outputs[layout, fmt] = normalized(out.stdout, ids[layout], layout)
+    for fmt in ("table", "csv", "markdown"):
+        assert outputs["old", fmt] == outputs["new", fmt], fmt
+    text, table = outputs["new", "csv"], outputs["new", "table"]
+    (header,) = csv.reader(io.StringIO(text.splitlines()[0]))
+    for key in ("task/ss3/q3", "reference/onehot/ss3/q3", "reference/random/ss3/macro_f1",
+                "reference/random/ss3/q3_ci_low", "reference/random/ss3/q3_delta_paired"):
+        assert key in header, key
+    assert not [key for key in header if "validation" in key or "head_sd" in key or key.startswith("time/")]
+    assert "ss3·" not in table and "[onehot]" not in table  # child runs are no rows
+    rows = list(csv.DictReader(io.StringIO(text)))
+    assert [r["run"] for r in rows] == ["lr-a", "lr-a seed 0", "lr-a seed 1", "lr-b"]  # pooled, its replicates
+    assert rows[0]["reference/random/ss3/q3_n"] == "2"  # the pooled row pools the references' replicates too
+    assert rows[0]["reference/random/ss3/q3_delta_paired"] == "true"  # outcomes files on the parent: paired
+    assert float(rows[3]["reference/onehot/ss3/q3_ci_low"]) < float(rows[3]["reference/onehot/ss3/q3"])
+    assert len({round(float(r["reference/onehot/ss3/q3"]), 12) for r in rows}) == 1  # the same one-hot everywhere
+
+
+def test_references_are_fetched_with_one_search_per_experiment(layouts):
+    from plmforge.core.compare import RunSource
+
+    uri, ids = layouts
+    source = RunSource(uri)
+    searches = []
+    search = source.client.search_runs
+    source.client.search_runs = lambda *a, **k: searches.append(a) or search(*a, **k)
+    new = source.select(["new"])
+    assert len(searches) == 2  # the parents, then all their reference child runs
+    old = RunSource(uri).select(["old"])
+    assert [sorted(r.metrics) for r in new] == [sorted(r.metrics) for r in old]
+    assert [[r.metrics[k] for k in sorted(r.metrics)] for r in new] == [[r.metrics[k] for k in sorted(r.metrics)]
+                                                                      for r in old]
+    (latest,) = RunSource(uri).select(["new"], limit=1)  # only children started after the parents asked for
+    assert latest.name == "lr-b" and "reference/onehot/ss3/q3_ci_high" in latest.metrics
+    (both,) = RunSource(uri).select(run_ids=[ids["mixed"]["parent"]])
+    own = source.client.get_run(ids["mixed"]["parent"]).data.metrics["reference/onehot/ss3/q3"]
+    assert both.metrics["reference/onehot/ss3/q3"] == own  # a parent's own reference metrics win over a child's
+
+
+def test_task_child_runs_by_id_show_their_task_metrics(layouts):
+    from mlflow.tracking import MlflowClient
+
+    uri, ids = layouts
+    client = MlflowClient(tracking_uri=uri)
+    children = client.search_runs([client.get_experiment_by_name("new").experiment_id],
+                                  f"tags.`mlflow.parentRunId` = '{ids['new']['lr-b']}'")
+    by_reference = {run.data.tags["plmforge.reference"]: run.info.run_id for run in children}
+    out = cli("--tracking-uri", uri, by_reference["model"], by_reference["onehot"][:8], "--format", "csv")
+    assert out.exit_code == 0, out.output
+    rows = list(csv.DictReader(io.StringIO(out.stdout)))
+    assert [r["run"] for r in rows] == [f"ss3·model {ids['new']['lr-b'][:6]}", f"ss3·onehot {ids['new']['lr-b'][:6]}"]
+    for key in ("task/ss3/q3", "task/ss3/q3_ci_low", "task/ss3/validation/q3", "task/ss3/q3_head_sd"):
+        assert all(r[key] for r in rows), key
+    assert "log none of the metrics" not in out.stderr
+    table = cli("--tracking-uri", uri, by_reference["model"], by_reference["onehot"]).stdout
+    sd, q3 = column(table, "task/ss3/q3_head_sd"), column(table, "task/ss3/q3")
+    model, onehot = (cells(table, f"ss3·{r} {ids['new']['lr-b'][:6]}") for r in ("model", "onehot"))
+    assert not model[sd].endswith(("*", "≈")) and not onehot[sd].endswith(("*", "≈"))  # a spread: no better
+    assert model[q3].endswith("*") and "paired bootstrap" in table and "unpaired" not in table  # parent's outcomes
+    old = [run.info.run_id for run in client.search_runs(
+        [client.get_experiment_by_name("old").experiment_id], f"tags.`mlflow.parentRunId` = '{ids['old']['lr-b']}'")]
+    before = cli("--tracking-uri", uri, *old)  # children logged before: test/..., nothing matches task/*
+    assert before.exit_code == 0 and "these are per-task child runs" in before.stderr

@@ -134,7 +134,7 @@ def test_two_processes_match_one_and_resume_after_a_stop(single_process, kind):
     task = tasks["model"]
     assert "over 2 processes (gloo)" in parent.data.tags["plmforge.backend.parallelism"]
     assert task.data.tags["mlflow.parentRunId"] == parent.info.run_id
-    assert 0.0 <= task.data.metrics["test/auroc"] <= 1.0 and "task/amp/auroc" in parent.data.metrics
+    assert 0.0 <= task.data.metrics["task/amp/auroc"] <= 1.0 and "task/amp/auroc" in parent.data.metrics
 
     # the checkpoint of a torchrun run (its spec says distributed) is read by one process
     backend, vocab = load_model(checkpoint.latest_checkpoint(tmp_path / kind))

@@ -81,28 +81,43 @@ def test_tasks_after_pretraining_are_nested_runs(tmp_path, backend):
     client = MlflowClient(raw["tracking"]["tracking_uri"])
     parent = client.get_run(result.tracking_run_id)
     assert parent.data.tags["plmforge.kind"] == "pretrain" and parent.data.tags["plmforge.backend"] == backend
-    for key in ("task/amp/accuracy", "task/amp/mcc", "task/amp/auroc", "task/ss3/q3", "task/ss3/macro_f1",
-                "reference/onehot/ss3/q3", "reference/onehot/amp/auroc"):
+    for key in ("task/amp/accuracy", "task/amp/mcc", "task/amp/auroc", "task/ss3/q3", "task/ss3/macro_f1"):
         assert key in parent.data.metrics, key
     assert 0.0 <= parent.data.metrics["task/ss3/q3"] <= 1.0
+    # the parent holds the model's task metrics only: references are on their own child runs, under the same names
+    assert not [key for key in parent.data.metrics if key.startswith(("reference/", "test/", "validation/"))]
     children = _child_runs(client, result.tracking_run_id)
     assert set(children) == {("amp", "model"), ("amp", "onehot"), ("ss3", "model"), ("ss3", "onehot")}
-    ss3 = children[("ss3", "model")]
+    ss3, onehot = children[("ss3", "model")], children[("ss3", "onehot")]
     assert ss3.data.tags["plmforge.kind"] == "task" and ss3.info.status == "FINISHED"
-    assert ss3.data.metrics["test/q3"] == pytest.approx(parent.data.metrics["task/ss3/q3"])
-    assert "validation/q3" in ss3.data.metrics
+    assert ss3.data.metrics["task/ss3/q3"] == pytest.approx(parent.data.metrics["task/ss3/q3"])
+    assert set(onehot.data.metrics) == set(ss3.data.metrics)  # a reference logs what the model logs
+    assert onehot.data.metrics["task/ss3/q3"] == pytest.approx(result.tasks[3].metrics["test"]["q3"])
+    for run in children.values():
+        assert not [key for key in run.data.metrics if key.split("/")[0] not in ("task", "head", "time")], run.info
+    assert "task/ss3/validation/q3" in ss3.data.metrics and "head/best_epoch" in ss3.data.metrics
+    # a child run starts before its embedding: its duration covers embedding and fitting, each timed apart
+    for run in children.values():
+        work = run.data.metrics["time/embedding_seconds"] + run.data.metrics["time/fit_seconds"]
+        assert run.data.metrics["time/bootstrap_seconds"] >= 0
+        assert (run.info.end_time - run.info.start_time) / 1000 >= work - 0.002, run.info.run_name
+    assert ss3.info.run_name == f"ss3·model {parent.info.run_id[:6]}"
+    assert children[("amp", "onehot")].info.run_name == f"amp·onehot {parent.info.run_id[:6]}"
+    assert ss3.data.tags["plmforge.embedding"] == "computed"
     assert ss3.data.params["head.kind"] == "convbert" and ss3.data.params["proteins.test"] == "12"
     assert len(client.get_metric_history(ss3.info.run_id, "head/train_loss")) == 2  # one per epoch
-    figures = [a.path for a in client.list_artifacts(ss3.info.run_id, "figures")]
-    assert figures == ["figures/confusion_matrix.png"]
+    figures = [a.path for a in client.list_artifacts(ss3.info.run_id) if a.path.endswith(".png")]
+    assert figures == ["ss3.model.confusion.png"]  # at the root, where MLflow's compare view finds it
     # nested runs are not top-level runs: the experiment has exactly one run without a parent
     top = [r for r in client.search_runs([parent.info.experiment_id]) if "mlflow.parentRunId" not in r.data.tags]
     assert [r.info.run_id for r in top] == [result.tracking_run_id]
     # uncertainty: an interval next to every test metric, the per-protein outcomes as the parent's artifact
     q3, low, high = (parent.data.metrics[f"task/ss3/q3{end}"] for end in ("", "_ci_low", "_ci_high"))
     assert low <= q3 <= high and low < high
-    assert {"reference/onehot/amp/auroc_ci_low", "task/amp/mcc_ci_high"} <= set(parent.data.metrics)
-    assert ss3.data.metrics["test/q3_ci_low"] == pytest.approx(low) and ss3.data.params["bootstrap.resamples"] == "200"
+    assert "task/amp/mcc_ci_high" in parent.data.metrics
+    assert "task/amp/auroc_ci_low" in children[("amp", "onehot")].data.metrics
+    assert ss3.data.metrics["task/ss3/q3_ci_low"] == pytest.approx(low)
+    assert ss3.data.params["bootstrap.resamples"] == "200"
     assert {a.path for a in client.list_artifacts(result.tracking_run_id, "outcomes/ss3")} == {
         "outcomes/ss3/model.npz", "outcomes/ss3/onehot.npz"}
     local = client.download_artifacts(result.tracking_run_id, "outcomes/ss3/model.npz", str(tmp_path))
@@ -113,7 +128,7 @@ def test_tasks_after_pretraining_are_nested_runs(tmp_path, backend):
     assert result.tasks[2].intervals["q3"] == pytest.approx((low, high))
     seeds = result.tasks[2].head_seeds  # metrics are means over the head seeds; their spread is logged
     assert ss3.data.params["head.seeds"] == ",".join(map(str, seeds)) and outcomes.head_seeds == len(seeds)
-    assert ("test/q3_head_sd" in ss3.data.metrics) == (len(seeds) > 1)
+    assert ("task/ss3/q3_head_sd" in ss3.data.metrics) == (len(seeds) > 1)
 
 
 @pytest.mark.slow
@@ -154,13 +169,37 @@ def test_evaluate_command_nests_under_an_evaluation_run_and_reuses_embeddings(tm
     children = _child_runs(client, top[0].info.run_id)
     assert set(children) == {("ss3", "model"), ("ss3", "onehot"), ("ss3", "random")}
     model_q3 = top[0].data.metrics["task/ss3/q3"]
-    random_q3 = top[0].data.metrics["reference/random/ss3/q3"]
+    random_q3 = children[("ss3", "random")].data.metrics["task/ss3/q3"]
     assert model_q3 != random_q3  # two different encoders, not one evaluated twice
-    # a second evaluation of the same checkpoint embeds nothing
+    assert children[("ss3", "random")].data.tags["plmforge.embedding"] == "computed"
+    # a second evaluation of the same checkpoint embeds nothing, and says so
     again = runner.invoke(main, ["evaluate", str(spec_file), "--checkpoint", str(result.checkpoint),
                                  "--no-progress"])
     assert again.exit_code == 0, again.output
     assert len(embedded) == 6
+    second = next(r for r in client.search_runs([experiment.experiment_id], order_by=["attributes.start_time DESC"])
+                  if "mlflow.parentRunId" not in r.data.tags)
+    rerun = _child_runs(client, second.info.run_id)
+    assert rerun[("ss3", "random")].data.tags["plmforge.embedding"] == "cached"
+    # told apart from the first evaluation's runs by the parent's short label
+    names = {r.info.run_name for r in children.values()}
+    assert names.isdisjoint(r.info.run_name for r in rerun.values()) and "ss3·random " in "".join(names)
+    # seed replicates of an evaluation pool only with runs of the same evaluation
+    group = second.data.tags["plmforge.replicate_group"]
+    assert group == top[0].data.tags["plmforge.replicate_group"]
+    assert second.data.tags["plmforge.seed"] == str(validate_spec(raw).seed)
+    from plmforge.core.evaluation import evaluation_group
+    from plmforge.core.tracking import flatten
+
+    model_params = flatten(validate_spec(raw).to_dict())
+    evaluated = validate_spec(evaluation)
+    other_seed = flatten(validate_spec(dict(raw, seed=3)).to_dict())
+    assert evaluation_group(model_params, evaluated) == group == evaluation_group(other_seed, evaluated)
+    fewer = validate_spec(dict(evaluation, evaluation={"references": ["onehot"]}))
+    more_resamples = validate_spec(dict(evaluation, evaluation={"references": ["onehot", "random"],
+                                                                "bootstrap_resamples": 50}))
+    other_head = validate_spec(dict(evaluation, tasks=[dict(TASKS[1], head=dict(TASKS[1]["head"], epochs=3))]))
+    assert len({group, *(evaluation_group(model_params, s) for s in (fewer, more_resamples, other_head))}) == 4
 
 
 def test_standardize_uses_train_statistics_for_every_split():
@@ -176,6 +215,30 @@ def test_standardize_uses_train_statistics_for_every_split():
     np.testing.assert_allclose(inputs["train"].inputs[0][:, 0], [-1 / np.sqrt(2 / 3), 1 / np.sqrt(2 / 3)], rtol=1e-6)
     np.testing.assert_allclose(inputs["test"].inputs[0][0, 0], 2 / np.sqrt(2 / 3), rtol=1e-6)
     assert inputs["train"].inputs[0][0, 1] == 0 and inputs["test"].inputs[0][0, 1] == pytest.approx(1e6)
+
+
+def test_standardize_overwrites_float32_inputs_with_the_float64_result():
+    from plmforge.core.evaluation import standardize
+    from plmforge.core.heads import HeadData
+
+    rng = np.random.default_rng(0)
+
+    def split(n):
+        return HeadData([rng.normal(5.0, 3.0, (int(k), 48)).astype(np.float32) for k in rng.integers(5, 60, n)],
+                        [np.int64(0)] * n)
+
+    inputs = {"train": split(40), "validation": split(6), "test": split(6)}
+    inputs["test"].inputs[1].flags.writeable = False  # e.g. read from a file: standardised into a copy
+    flat = np.concatenate(inputs["train"].inputs).astype(np.float64)
+    mean, std = flat.mean(axis=0), flat.std(axis=0)
+    expected = {name: [(x - mean) / std for x in data.inputs] for name, data in inputs.items()}
+    before = list(inputs["train"].inputs)
+    standardize(inputs)
+    assert all(x is y for x, y in zip(inputs["train"].inputs, before))  # overwritten, no copy of the states
+    for name, data in inputs.items():
+        for x, y in zip(data.inputs, expected[name]):
+            assert x.dtype == np.float32
+            np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-5)
 
 
 def test_unknown_prefix_and_missing_tasks_are_clear_errors(tmp_path):

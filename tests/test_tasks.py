@@ -115,12 +115,12 @@ def test_default_figures(tmp_path):
     data = ss.load()
     test = data.splits["test"]
     (matrix,) = ss.figures([one_hot_logits(y, 3) for y in test.labels], test, data, tmp_path / "ss")
-    assert matrix.name == "confusion_matrix.png" and matrix.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert matrix.name == "confusion.png" and matrix.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # names: test_figures
     contact = task("contact")
     data = contact.load()
     test = data.splits["test"]
     (picture,) = contact.figures([y.astype(np.float32) for y in test.labels], test, data, tmp_path / "contact")
-    assert picture.name == "contact_map.png" and picture.stat().st_size > 1000
+    assert picture.name == "map.png" and picture.stat().st_size > 1000
 
 
 def test_head_options_in_a_spec_merge_over_the_task_defaults_of_their_kind():
