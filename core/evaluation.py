@@ -534,12 +534,21 @@ class Evaluator:
             final["head/best_epoch"] = float(result.best_epoch)
             final.update({"time/embedding_seconds": outcome.embedding_seconds, "time/fit_seconds": outcome.fit_seconds,
                           "time/bootstrap_seconds": outcome.bootstrap_seconds})
-            child.log_metrics(_finite(final), result.best_epoch)
+            child.log_metrics(_finite(final), 0)  # step 0 as on the parent, so both line up in MLflow's charts
+            child.set_tags({"mlflow.note.content": _task_run_description(label, representation, results, outcome)})
             for figure in outcome.figures:
                 child.log_artifact(figure)
         if reference == "model":
             parent.log_metrics(_finite(scores), 0)
         return child.run_id if child is not None else None
+
+
+def _task_run_description(label: str, representation: Representation, results: list[HeadResult],
+                          outcome: TaskOutcome) -> str:
+    """The child run's MLflow description: what was fitted on what, and the headline score."""
+    seeds = f", mean of {len(results)} head seeds" if len(results) > 1 else ""
+    return (f"{label} on {representation.title}: test {outcome.shown()}{seeds}; best epoch {results[0].best_epoch}; "
+            f"{outcome.embedding_seconds:.1f} s embedding, {outcome.fit_seconds:.1f} s fitting.")
 
 
 def child_run_name(label: str, representation: str, parent: Tracker) -> str:
