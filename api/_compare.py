@@ -25,7 +25,13 @@ class Comparison:
 
     @property
     def run_ids(self) -> list[str]:
+        """One per row; a reference row has the id of the run that scored it (a pooled row: ids joined by ;)."""
         return [run.run_id for run in self.data.runs]
+
+    @property
+    def rows(self) -> list[str]:
+        """The row labels as the table shows them (``reference: onehot (3fa2c1d0)`` for a reference row)."""
+        return [run.label for run in self.data.runs]
 
     @property
     def unmatched(self) -> list[str]:
@@ -88,15 +94,19 @@ def _ids_and_uri(runs: Iterable[Any]) -> tuple[list[str], str | None]:
 
 
 def compare(*runs: Any, experiments: str | Sequence[str] = (), metrics: Sequence[str] | None = None,
-            references: bool = False, limit: int | None = None, tracking_uri: str | None = None) -> Comparison:
+            references: bool = False, limit: int | None = None, kinds: str | Sequence[str] = (),
+            params: Sequence[str] | None = None, tracking_uri: str | None = None) -> Comparison:
     """Runs side by side, as ``plmforge compare`` shows them.
 
     ``runs``: :class:`~plmforge.Run` objects or MLflow run ids (full or short), in the order to show; or
     none, with ``experiments`` (names) to compare their top-level runs (the ``limit`` most recent).
+    ``kinds``: only runs of these ``plmforge.kind`` (``"evaluation"``, ``"pretrain"``, ...).
     ``metrics``: fnmatch patterns (default ``train/loss``, ``val/loss``, ``task/*``); ``references`` adds
-    the references' scores as ``reference/<ref>/<task>/<metric>`` columns (read from each run's reference
-    task child runs, or from the run itself for older runs). The tracking URI is the runs' own, else
-    ``tracking_uri``, else ``$MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db``.
+    the references the runs scored as rows ``reference: <label>`` below them, in the same task columns
+    (read from each run's reference task child runs, or from the run itself for older runs). ``params``:
+    fnmatch patterns choosing among the params that differ (default all; ``[]`` none). Marks and intervals
+    are paired over the same test proteins where the runs saved their per-protein outcomes. The tracking
+    URI is the runs' own, else ``tracking_uri``, else ``$MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db``.
     """
     from plmforge.core import compare as comparing
     from plmforge.core.tracking import resolve_tracking_uri
@@ -105,8 +115,9 @@ def compare(*runs: Any, experiments: str | Sequence[str] = (), metrics: Sequence
     source = comparing.RunSource(resolve_tracking_uri(tracking_uri or run_uri))
     names = [experiments] if isinstance(experiments, str) else list(experiments)
     try:
-        selected = source.select(names, ids, limit)
+        selected = source.select(names, ids, limit, [kinds] if isinstance(kinds, str) else list(kinds))
     except comparing.NoRuns as exc:
         raise PlmforgeError(str(exc)) from None
-    data = comparing.build_comparison(selected, list(metrics) if metrics else comparing.DEFAULT_METRICS, references)
+    data = comparing.build_comparison(selected, list(metrics) if metrics else comparing.DEFAULT_METRICS, references,
+                                      outcomes=source.outcomes, params=None if params is None else list(params))
     return Comparison(data, source)

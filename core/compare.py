@@ -13,9 +13,12 @@ runs (the per-task runs that ``evaluate`` nests under its run) are never rows of
 model's task results are on the parent as ``task/<label>/<metric>``. The references' results are on their
 own child runs (tag ``plmforge.reference=<ref>``, metrics ``task/<label>/<metric>``, the same names as the
 model's child run, see docs/tracking.md); :class:`RunSource` reads them with one search per experiment
-and puts them on the parent's summary as ``reference/<ref>/<label>/<metric>``, so everything below works
-on one key per representation. Parents logged before that (which carry ``reference/...`` themselves) keep
-their own values. Given by id, a child run is a row like any other, with its ``task/<label>/...`` metrics.
+and puts them on the parent's summary as ``reference/<ref>/<label>/<metric>``. Parents logged before that
+(which carry ``reference/...`` themselves) keep their own values. With ``references``,
+:func:`reference_rows` turns those keys into rows ``reference: <ref>`` below the runs, in the same
+``task/<label>/<metric>`` columns (``RunSummary.representation`` says whose outcomes file pairs them), so
+an arm and a reference are compared like two runs. Given by id, a child run is a row like any other, with
+its ``task/<label>/...`` metrics.
 
 Three layers, each testable alone:
 
@@ -70,6 +73,8 @@ LOSS_CURVES = ("train/loss", "val/loss")
 IGNORED_PARAMS = ("name", "output_dir", "tracking.*")
 #: A metric whose name (last path segment) contains one of these is better when lower.
 LOWER_IS_BETTER = ("loss", "mse", "perplexity", "error", "kl")
+#: Name endings of lower-is-better metrics too short to match inside a word (``masked_residue_ce``: cross-entropy).
+LOWER_IS_BETTER_SUFFIXES = ("_ce", "_nll", "_rmse", "_mae")
 #: Metrics with no better direction: their columns get no best mark.
 NEUTRAL_METRICS = ("lr", "cropped_proteins")
 #: Metric name endings with no better direction either: spreads (a task run's ``<metric>_head_sd``).
@@ -473,7 +478,7 @@ def lower_is_better(metric: str) -> bool | None:
     name = metric.rsplit("/", 1)[-1].lower()
     if name in NEUTRAL_METRICS or name.endswith(NEUTRAL_SUFFIXES):
         return None
-    return any(word in name for word in LOWER_IS_BETTER)
+    return any(word in name for word in LOWER_IS_BETTER) or name == "ce" or name.endswith(LOWER_IS_BETTER_SUFFIXES)
 
 
 def _number(value: Any) -> float | None:
@@ -536,7 +541,8 @@ def group_replicates(runs: Sequence[RunSummary]) -> tuple[list[RunSummary], list
                   ",".join(str(m.params.get(k)) for m in members) for k, v in first.params.items()}
         tags = {k: v for k, v in first.tags.items() if all(m.tags.get(k) == v for m in members)}
         rows.append(RunSummary(run_id=";".join(m.run_id for m in members), name=name, experiment=first.experiment,
-                               params=params, metrics={}, tags=tags, members=members))
+                               params=params, metrics={}, tags=tags, members=members,
+                               representation=first.representation))
     return rows, notes
 
 
@@ -552,8 +558,8 @@ def reference_rows(runs: Sequence[RunSummary]) -> list[RunSummary]:
     identical to one already listed (same experiment, label and every value: one-hot features, a reference
     that does not depend on the seed) is listed once; the others carry their parent's replicate group, tasks
     and seed, so :func:`group_replicates` pools those of one parent group over seeds like the parents
-    (random init, whose weights follow the seed). Ordered by reference label (first appearance), after
-    nothing else: the caller puts them below the runs.
+    (random init, whose weights follow the seed). Ordered by reference label, then run; the caller puts
+    them below the runs.
     """
     found: dict[str, list[RunSummary]] = {}
     seen: set[tuple[Any, ...]] = set()
@@ -579,7 +585,7 @@ def reference_rows(runs: Sequence[RunSummary]) -> list[RunSummary]:
             found.setdefault(reference, []).append(RunSummary(
                 run_id=run.run_id, name=f"reference: {reference}", experiment=run.experiment, metrics=metrics,
                 tags=tags, representation=reference, parent=run))
-    return [row for rows in found.values() for row in rows]
+    return [row for reference in sorted(found, key=_natural) for row in found[reference]]
 
 
 def _parent_name(row: RunSummary) -> str:
@@ -908,7 +914,8 @@ def _baseline_differences(comparison: Comparison, tops: list[int], evidence: Map
     if not matches:
         raise PlmforgeError(f"--baseline {baseline!r} is not one of the compared runs")
     base = comparison.baseline = matches[0]
-    if comparison.runs[base].members and not comparison.runs[base].run_id.startswith(baseline):
+    if comparison.runs[base].members and comparison.runs[base].representation == "model" \
+            and not comparison.runs[base].run_id.startswith(baseline):
         notes.add(f"baseline: run {baseline[:8]} is a seed replicate; the differences are to its pooled row "
                   f"{comparison.runs[base].label}")
     for r in tops:
@@ -1029,8 +1036,8 @@ def delta_text(difference: Difference) -> str:
     return text
 
 
-BEST_NOTE = ("* best in column: lowest for loss, mse, perplexity, error and kl metrics, highest for the others; "
-             f"{MISSING} not logged")
+BEST_NOTE = ("* best in column: lowest for loss, mse, perplexity, error, kl and *_ce cross-entropy metrics, "
+             f"highest for the others; {MISSING} not logged")
 
 
 def _mark(comparison: Comparison, row: int, col: int) -> str:

@@ -138,6 +138,9 @@ def test_comparison_as_data():
     assert lower_is_better("train/KL") and lower_is_better("val/perplexity")
     assert lower_is_better("task/localization/accuracy") is False and lower_is_better("task/contact/P_L") is False
     assert lower_is_better("train/lr") is None
+    # cross-entropies: an ending, not a substring (``variance``, ``confidence`` hold "ce")
+    assert lower_is_better("val/mlm/masked_residue_ce") and lower_is_better("val/s2s/completion_ce")
+    assert lower_is_better("task/x/confidence") is False
 
 
 def test_all_experiments_get_an_experiment_column(store, monkeypatch):
@@ -167,7 +170,7 @@ def test_runs_selects_exactly_those_runs_in_order(store):
 
 
 def test_metric_patterns_replace_the_defaults(store):
-    uri, _ = store
+    uri, ids = store
     out = cli("--tracking-uri", uri, "-e", "sweep", "--metric", "val/*", "--metric", "task/*/accuracy",
               "--metric", "nothing/*", "--format", "csv")
     assert out.exit_code == 0, out.output
@@ -176,8 +179,30 @@ def test_metric_patterns_replace_the_defaults(store):
                       "task/localization/accuracy"]
     assert "no logged metric matches 'nothing/*'" in out.stderr
     refs = cli("--tracking-uri", uri, "-e", "sweep", "--references", "--format", "csv")
-    (header,) = csv.reader(io.StringIO(refs.stdout.splitlines()[0]))
-    assert header[-1] == "reference/onehot/localization/accuracy" and "train/loss" in header
+    rows = list(csv.DictReader(io.StringIO(refs.stdout)))
+    assert not [key for key in rows[0] if key.startswith("reference/")]  # references are rows, not columns
+    # two parents logged the same one-hot score: one row, in the model's task column, no params, kind reference
+    assert [r["run"] for r in rows] == ["lr-small", "lr-large", "lr-small-wide", "reference: onehot"]
+    onehot = rows[-1]
+    assert onehot["kind"] == "reference" and float(onehot["task/localization/accuracy"]) == 0.40
+    assert onehot["run_id"] == ids["small"] and onehot["training.optimizer.lr"] == "" and onehot["train/loss"] == ""
+
+
+def test_param_patterns_choose_the_param_columns(store):
+    uri, _ = store
+
+    def header(*args):
+        out = cli("--tracking-uri", uri, "-e", "sweep", "--metric", "val/loss", "--format", "csv", *args)
+        assert out.exit_code == 0, out.output
+        return next(csv.reader(io.StringIO(out.stdout)))
+
+    assert header() == ["run", "run_id", "experiment", "model.d_model", "training.optimizer.lr", "val/loss"]
+    assert header("--param", "model.*") == ["run", "run_id", "experiment", "model.d_model", "val/loss"]
+    assert header("--param", "*.lr", "--param", "seed") == ["run", "run_id", "experiment", "training.optimizer.lr",
+                                                           "val/loss"]  # seed: the same everywhere, not shown
+    assert header("--no-params") == ["run", "run_id", "experiment", "val/loss"]
+    both = cli("--tracking-uri", uri, "-e", "sweep", "--param", "x", "--no-params")
+    assert both.exit_code == 2 and "not both" in both.output
 
 
 def test_csv_and_markdown_parse(store):
@@ -634,17 +659,26 @@ def test_references_from_child_runs_give_the_table_of_references_on_the_parent(l
         assert outputs["old", fmt] == outputs["new", fmt], fmt
     text, table = outputs["new", "csv"], outputs["new", "table"]
     (header,) = csv.reader(io.StringIO(text.splitlines()[0]))
-    for key in ("task/ss3/q3", "reference/onehot/ss3/q3", "reference/random/ss3/macro_f1",
-                "reference/random/ss3/q3_ci_low", "reference/random/ss3/q3_delta_paired"):
+    for key in ("kind", "task/ss3/q3", "task/ss3/macro_f1", "task/ss3/q3_ci_low", "task/ss3/q3_delta_paired"):
         assert key in header, key
-    assert not [key for key in header if "validation" in key or "head_sd" in key or key.startswith("time/")]
+    assert not [key for key in header if "validation" in key or "head_sd" in key or key.startswith(("time/", "ref"))]
     assert "ss3·" not in table and "[onehot]" not in table  # child runs are no rows
     rows = list(csv.DictReader(io.StringIO(text)))
-    assert [r["run"] for r in rows] == ["lr-a", "lr-a seed 0", "lr-a seed 1", "lr-b"]  # pooled, its replicates
-    assert rows[0]["reference/random/ss3/q3_n"] == "2"  # the pooled row pools the references' replicates too
-    assert rows[0]["reference/random/ss3/q3_delta_paired"] == "true"  # outcomes files on the parent: paired
-    assert float(rows[3]["reference/onehot/ss3/q3_ci_low"]) < float(rows[3]["reference/onehot/ss3/q3"])
-    assert len({round(float(r["reference/onehot/ss3/q3"]), 12) for r in rows}) == 1  # the same one-hot everywhere
+    # pooled arms and their replicates, then the references: one-hot (the same in every run) once; random init
+    # (different in every run) pooled over the seeds of lr-a like its parents, and lr-b's apart
+    assert [r["run"] for r in rows] == ["lr-a", "lr-a seed 0", "lr-a seed 1", "lr-b", "reference: onehot",
+                                        "reference: random · lr-a", "reference: random", "reference: random",
+                                        "reference: random · lr-b"]
+    assert [r["kind"] for r in rows] == ["pretrain"] * 4 + ["reference"] * 5
+    assert all(r["training.optimizer.lr"] == "" for r in rows[4:])  # no params on reference rows
+    onehot, random_a, random_b = rows[4], rows[5], rows[8]
+    assert onehot["run_id"] == "<lr-a seed 0>" and random_a["run_id"] == "<lr-a seed 0>;<lr-a seed 1>"
+    assert random_a["seeds"] == "0;1" and random_a["task/ss3/q3_n"] == "2" and random_a["task/ss3/q3_sd"]
+    assert random_a["task/ss3/q3_delta_paired"] == "true"  # outcomes files on the parent: paired to lr-b
+    assert float(onehot["task/ss3/q3_ci_low"]) < float(onehot["task/ss3/q3"]) < float(onehot["task/ss3/q3_ci_high"])
+    assert onehot["task/ss3/q3_sd"] == "" and random_b["task/ss3/q3_delta_paired"] == "true"
+    assert float(onehot["task/ss3/q3"]) < float(rows[3]["task/ss3/q3"])  # lr-b: base + 0.05, one-hot: base - 0.1
+    assert "reference: random · lr-a [seeds 0,1]" in table and "└ seed 1: reference: random (<lr-a seed 1>)" in table
 
 
 def test_references_are_fetched_with_one_search_per_experiment(layouts):
@@ -692,3 +726,75 @@ def test_task_child_runs_by_id_show_their_task_metrics(layouts):
         [client.get_experiment_by_name("old").experiment_id], f"tags.`mlflow.parentRunId` = '{ids['old']['lr-b']}'")]
     before = cli("--tracking-uri", uri, *old)  # children logged before: test/..., nothing matches task/*
     assert before.exit_code == 0 and "these are per-task child runs" in before.stderr
+
+
+@pytest.fixture(scope="module")
+def gain(tmp_path_factory):
+    """Experiment ``gain``: an evaluation run whose model beats random init by a small, consistent step on every
+    protein (significant only paired: the intervals overlap) and is far above one-hot; and a pretraining run."""
+    from mlflow.tracking import MlflowClient
+
+    tmp_path = tmp_path_factory.mktemp("gain")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    rng = np.random.default_rng(3)
+    base = rng.uniform(0.3, 0.9, PROTEINS)
+    experiment = client.create_experiment("gain")
+    pretrained = log_run(client, experiment, "arm", {"name": "arm", "seed": "0"}, {"train/loss": [2.0, 1.5]}, {})
+    arm = log_parent(client, experiment, "arm evaluation", tmp_path, "new",
+                     outcomes_of({"q3": base + 0.03 + rng.normal(0, 0.005, PROTEINS)}),
+                     {"random": outcomes_of({"q3": base}), "onehot": outcomes_of({"q3": base - 0.2})},
+                     params={"name": "arm", "seed": "0"}, tags={"plmforge.kind": "evaluation"})
+    return uri, {"pretrained": pretrained, "arm": arm}
+
+
+def test_an_arm_significantly_better_than_a_reference_row_gets_the_mark(gain):
+    uri, ids = gain
+    out = cli("--tracking-uri", uri, "-e", "gain", "--references", "--kind", "evaluation")
+    assert out.exit_code == 0, out.output
+    text = out.stdout
+    q3 = column(text, "task/ss3/q3")
+    arm, random, onehot = (cells(text, name) for name in ("arm evaluation", "reference: random", "reference: onehot"))
+    assert arm[q3].endswith("*") and not random[q3].endswith(("*", "≈")) and not onehot[q3].endswith(("*", "≈"))
+    assert "unpaired" not in text and "paired bootstrap" in text
+    low_arm = float(arm[q3].split("[")[1].split(",")[0])
+    high_random = float(random[q3].split(", ")[1].rstrip("]* "))
+    assert low_arm < high_random  # overlapping intervals: only the pairing on the same proteins separates them
+    assert arm[column(text, "kind")] == "evaluation" and random[column(text, "kind")] == "reference"
+    assert "train/loss" not in text.splitlines()[1]  # --kind: the pretraining run is no row
+    base = cli("--tracking-uri", uri, "-e", "gain", "--references", "--baseline", "reference:random", "--format", "csv")
+    rows = {r["run"]: r for r in csv.DictReader(io.StringIO(base.stdout))}
+    assert set(rows) == {"arm", "arm evaluation", "reference: random", "reference: onehot"}
+    difference = rows["arm evaluation"]
+    assert difference["task/ss3/q3_delta_paired"] == "true" and float(difference["task/ss3/q3_delta_low"]) > 0
+    assert rows["reference: random"]["task/ss3/q3_delta"] == ""  # the baseline itself
+    alone = cli("--tracking-uri", uri, "-e", "gain", "--baseline", "reference:random")
+    assert alone.exit_code == 2 and "needs --references" in alone.output
+
+
+def test_kind_keeps_runs_of_that_kind_and_their_references(gain):
+    uri, ids = gain
+    pretrain = cli("--tracking-uri", uri, "-e", "gain", "--references", "--kind", "pretrain", "--format", "csv")
+    assert [r["run"] for r in csv.DictReader(io.StringIO(pretrain.stdout))] == ["arm"]
+    assert "scored no references" in pretrain.stderr
+    both = cli("--tracking-uri", uri, "--kind", "pretrain", "--kind", "evaluation", "--format", "csv")
+    assert [r["run"] for r in csv.DictReader(io.StringIO(both.stdout))] == ["arm", "arm evaluation"]
+    none = cli("--tracking-uri", uri, "-e", "gain", "--kind", "task")  # child runs are never top-level rows
+    assert none.exit_code == 0 and "no runs of kind task in 'gain'" in none.output
+    assert "kinds there: evaluation, pretrain" in none.output
+    by_id = cli("--tracking-uri", uri, "--runs", ids["pretrained"], ids["arm"], "--kind", "evaluation", "--format",
+                "csv")
+    assert [r["run_id"] for r in csv.DictReader(io.StringIO(by_id.stdout))] == [ids["arm"]]
+
+
+def test_python_api_compare_has_kinds_params_and_reference_rows(gain):
+    import plmforge
+
+    uri, ids = gain
+    comparison = plmforge.compare(experiments="gain", references=True, kinds="evaluation", params=[],
+                                  metrics=["task/*"], tracking_uri=uri)
+    assert comparison.columns == ["run", "kind", "task/ss3/q3"]
+    assert [label.split(" (")[0] for label in comparison.rows] == ["arm evaluation", "reference: onehot",
+                                                                  "reference: random"]
+    assert comparison.run_ids == [ids["arm"]] * 3  # reference rows: the run that scored them
+    assert comparison.data.best_rows("task/ss3/q3") == {0}  # paired: the outcomes are read, as on the CLI

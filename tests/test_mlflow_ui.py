@@ -8,14 +8,11 @@ every task metric's name and value must be on the pages. Skips where no Chromium
 
 from __future__ import annotations
 
-import os
+import contextlib
+import importlib.util
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -28,53 +25,27 @@ pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(CHROMIUM is None, reason="no chromium or chromium-browser on PATH")]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _load_tour():
+    """``examples/mlflow_ui_tour.py``, whose server and process-group helpers this test shares."""
+    path = Path(__file__).resolve().parents[1] / "examples" / "mlflow_ui_tour.py"
+    spec = importlib.util.spec_from_file_location("mlflow_ui_tour", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    """SIGTERM to the process group (the server and the workers it started), SIGKILL after 10 s."""
-    if proc.poll() is not None:
-        return
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(10)
-    except (ProcessLookupError, subprocess.TimeoutExpired):
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait(10)
+TOUR = _load_tour()
 
 
 @pytest.fixture
-def mlflow_ui(request):
+def mlflow_ui():
     """Factory: ``mlflow server`` for a store on a free port; its base URL. Stopped however the test ends."""
+    with contextlib.ExitStack() as servers:
+        def start(tracking_uri: str, log: Path) -> str:
+            return servers.enter_context(TOUR.mlflow_server(tracking_uri, TOUR.free_port(), log, timeout=60))
 
-    def start(tracking_uri: str, log: Path) -> str:
-        port = _free_port()
-        # no background job runner: seven processes for GenAI jobs that this test does not need
-        env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-        with open(log, "w") as out:
-            proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", tracking_uri,
-                                     "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-                                    stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-        request.addfinalizer(lambda: _stop(proc))
-        url = f"http://127.0.0.1:{port}/"
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            assert proc.poll() is None, log.read_text()[-2000:]
-            try:
-                with urllib.request.urlopen(url + "health", timeout=2) as reply:
-                    if reply.status == 200:
-                        return url
-            except OSError:
-                time.sleep(0.5)
-        pytest.fail(f"mlflow server did not answer within 60 s:\n{log.read_text()[-2000:]}")
-
-    return start
+        yield start
 
 
 def _rendered(url: str, profile: Path) -> str:
@@ -85,7 +56,7 @@ def _rendered(url: str, profile: Path) -> str:
     try:
         dom, errors = proc.communicate(timeout=90)
     finally:
-        _stop(proc)  # the browser's helper processes too, should it hang
+        TOUR.stop_group(proc)  # the browser's helper processes too, should it hang
     assert proc.returncode == 0, errors[-2000:]
     return dom
 
