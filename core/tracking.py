@@ -206,6 +206,10 @@ class DatasetRecord:
         return DatasetInput(dataset, [InputTag("mlflow.data.context", self.context)])
 
 
+#: Tags a nested run copies from its parent: where the run came from, not what it did.
+INHERITED_TAGS = ("mlflow.source.name", "mlflow.source.type", "mlflow.source.git.commit", "plmforge.spec_path")
+
+
 class Tracker:
     """One MLflow run, fed asynchronously. With ``enabled=False`` every method is a no-op."""
 
@@ -223,6 +227,7 @@ class Tracker:
         self._queue: queue.Queue = queue.Queue()
         self._thread: threading.Thread | None = None
         self._client: Any = None
+        self._inherited: dict[str, str] = {}  # tags its child runs get too (INHERITED_TAGS)
 
     @property
     def short_label(self) -> str:
@@ -282,7 +287,11 @@ class Tracker:
         if self.run_id is None or self.failure is not None:
             return None
         nested = Tracker(True, self.tracking_uri, self.experiment, run_name, warn=self._warn)
-        return nested if nested.start(parent_run_id=self.run_id) else None
+        if not nested.start(parent_run_id=self.run_id):
+            return None
+        if self._inherited:  # a task run shows the spec file and code its parent came from (MLflow's Source)
+            nested.set_tags(self._inherited)
+        return nested
 
     def end(self, status: str = "FINISHED") -> None:
         """Send what is queued (waiting at most FLUSH_TIMEOUT seconds) and close the run."""
@@ -311,7 +320,9 @@ class Tracker:
         self._put("params", {k: str(v)[:6000] for k, v in params.items()})
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
-        self._put("tags", {k: str(v) for k, v in tags.items() if v is not None})
+        tags = {k: str(v) for k, v in tags.items() if v is not None}
+        self._inherited.update({k: v for k, v in tags.items() if k in INHERITED_TAGS})
+        self._put("tags", tags)
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         self._put("metrics", (dict(metrics), step, int(time.time() * 1000)))

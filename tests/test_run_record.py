@@ -24,6 +24,7 @@ from plmforge.core.tracking import (
     run_params,
     runs_page_hint,
     short_overrides,
+    source_tags,
 )
 
 
@@ -159,3 +160,23 @@ def test_python_api_passes_the_spec_file_and_overrides_to_the_run(tmp_path, monk
     plmforge.train(path, {"training.steps": 3})
     plmforge.train(yaml.safe_load(path.read_text()), ["seed=1"])
     assert [(k["spec_path"], k["overrides"]) for k in seen] == [(path, ["training.steps=3"]), (None, ["seed=1"])]
+
+
+def test_task_runs_show_their_parents_source(tmp_path):
+    """A nested run copies where its parent came from (MLflow's Source column), not what the parent did."""
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    parent = Tracker(True, uri, "tests", "parent", overrides=["training.optimizer.lr=0.002"])
+    parent.start()
+    spec = tmp_path / "spec.yaml"
+    parent.set_tags({"plmforge.kind": "pretrain", "mlflow.source.git.commit": "abc123"})
+    parent.set_tags(source_tags(spec, ["x=1"]))
+    child = parent.child("ss3·model lr=0.002")
+    child.set_tags({"plmforge.kind": "task"})
+    child.end()
+    parent.end()
+    tags = MlflowClient(uri).get_run(child.run_id).data.tags
+    assert tags["mlflow.source.name"] == tags["plmforge.spec_path"] == str(spec.resolve())
+    assert tags["mlflow.source.type"] == "LOCAL" and tags["mlflow.source.git.commit"] == "abc123"
+    assert tags["plmforge.kind"] == "task" and "plmforge.overrides" not in tags
