@@ -76,9 +76,9 @@ LOWER_IS_BETTER = ("loss", "mse", "perplexity", "error", "kl")
 #: Name endings of lower-is-better metrics too short to match inside a word (``masked_residue_ce``: cross-entropy).
 LOWER_IS_BETTER_SUFFIXES = ("_ce", "_nll", "_rmse", "_mae")
 #: Metrics with no better direction: their columns get no best mark.
-NEUTRAL_METRICS = ("lr", "cropped_proteins")
-#: Metric name endings with no better direction either: spreads (a task run's ``<metric>_head_sd``).
-NEUTRAL_SUFFIXES = ("_sd",)
+NEUTRAL_METRICS = ("lr", "cropped_proteins", "best_epoch")
+#: Metric name endings with no better direction either: spreads (a task run's ``<metric>_head_sd``), timings.
+NEUTRAL_SUFFIXES = ("_sd", "_seconds")
 MISSING = "—"
 PARENT_TAG = "mlflow.parentRunId"
 KIND_TAG = "plmforge.kind"

@@ -7,8 +7,8 @@ what pretraining buys, a published protein LM where a real one stands), the eval
 and logs one nested MLflow run per pair under the parent (pretraining or evaluation) run, named
 ``<task>·<representation> <parent's short label>``, started before the embedding so that its duration
 is the work's. Model and reference runs log the same names (docs/tracking.md): ``task/<label>/<metric>``
-with its bootstrap interval, ``task/<label>/validation/<metric>``, ``head/<k>`` per epoch and
-``time/embedding_seconds``, ``time/fit_seconds``, ``time/bootstrap_seconds``. The parent gets the
+with its bootstrap interval, ``task/<label>/validation/<metric>``, ``task/<label>/head/<k>`` per epoch and
+``task/<label>/time/embedding_seconds``, ``.../fit_seconds``, ``.../bootstrap_seconds``. The parent gets the
 model's test metrics (``task/<label>/<metric>``) and the per-protein outcomes of every representation
 (``outcomes/<task>/<representation>.npz``); ``plmforge compare`` reads the references from the child
 runs. A reference that cannot be built or fails to embed is reported (tag
@@ -527,13 +527,14 @@ class Evaluator:
             child.set_tags({"plmforge.trainable_parameters": result.trainable_parameters})
             child.log_params({"head.best_epochs": ",".join(str(r.best_epoch) for r in results)})
             for epoch, entry in enumerate(result.history, start=1):
-                child.log_metrics({f"head/{k}": v for k, v in entry.items()}, epoch)
+                child.log_metrics({f"task/{label}/head/{k}": v for k, v in entry.items()}, epoch)
             final = dict(scores)
             final.update({f"task/{label}/validation/{k}": v for k, v in outcome.metrics["validation"].items()})
             final.update({f"task/{label}/{k}_head_sd": v for k, v in outcome.head_sd.items()})
-            final["head/best_epoch"] = float(result.best_epoch)
-            final.update({"time/embedding_seconds": outcome.embedding_seconds, "time/fit_seconds": outcome.fit_seconds,
-                          "time/bootstrap_seconds": outcome.bootstrap_seconds})
+            final[f"task/{label}/head/best_epoch"] = float(result.best_epoch)
+            final.update({f"task/{label}/time/embedding_seconds": outcome.embedding_seconds,
+                          f"task/{label}/time/fit_seconds": outcome.fit_seconds,
+                          f"task/{label}/time/bootstrap_seconds": outcome.bootstrap_seconds})
             child.log_metrics(_finite(final), 0)  # step 0 as on the parent, so both line up in MLflow's charts
             child.set_tags({"mlflow.note.content": _task_run_description(label, representation, results, outcome)})
             for figure in outcome.figures:
@@ -562,7 +563,7 @@ def _head_seeds(settings: HeadSettings) -> list[int]:
 
 def _embedding_source(finetune: str, hits: int, misses: int) -> str:
     """Where a task run's inputs came from (its ``plmforge.embedding`` tag): a cached embedding costs no
-    embedding time in this run, which ``time/embedding_seconds`` alone does not say."""
+    embedding time in this run, which ``task/<label>/time/embedding_seconds`` alone does not say."""
     if finetune != "frozen":
         return "token ids (fine-tuning embeds inside the head)"
     if hits and not misses:

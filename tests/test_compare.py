@@ -571,12 +571,14 @@ def log_task_child(client, experiment_id, parent, task, reference, outcome, layo
             "mlflow.parentRunId": parent}
     name = f"{task}·{reference} {parent[:6]}" if layout == "new" else f"{task} [{reference}]"
     run_id = client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
-    metrics = [Metric("head/loss", 1.0 / epoch, 0, epoch) for epoch in (1, 2, 3)]
+    head = f"task/{task}/head" if layout == "new" else "head"
+    metrics = [Metric(f"{head}/loss", 1.0 / epoch, 0, epoch) for epoch in (1, 2, 3)]
     if layout == "new":
         metrics += interval_metrics(f"task/{task}", outcome)
         metrics += [Metric(f"task/{task}/validation/{m}", 0.99, 0, 0) for m in outcome.metric_names]
         metrics += [Metric(f"task/{task}/{m}_head_sd", 0.01, 0, 0) for m in outcome.metric_names]
-        metrics += [Metric("time/fit_seconds", 2.0, 0, 0), Metric("head/best_epoch", 3.0, 0, 0)]
+        metrics += [Metric(f"task/{task}/time/fit_seconds", 2.0, 0, 0),
+                    Metric(f"task/{task}/head/best_epoch", 3.0, 0, 0)]
     else:
         metrics += [Metric(f"test/{m}", outcome.interval(m)[0], 0, 0) for m in outcome.metric_names]
     client.log_batch(run_id, metrics=metrics)
@@ -661,7 +663,8 @@ def test_references_from_child_runs_give_the_table_of_references_on_the_parent(l
     (header,) = csv.reader(io.StringIO(text.splitlines()[0]))
     for key in ("kind", "task/ss3/q3", "task/ss3/macro_f1", "task/ss3/q3_ci_low", "task/ss3/q3_delta_paired"):
         assert key in header, key
-    assert not [key for key in header if "validation" in key or "head_sd" in key or key.startswith(("time/", "ref"))]
+    child_only = ("validation", "head_sd", "/time/", "/head/")
+    assert not [key for key in header if any(part in key for part in child_only) or key.startswith("ref")]
     assert "ss3·" not in table and "[onehot]" not in table  # child runs are no rows
     rows = list(csv.DictReader(io.StringIO(text)))
     # pooled arms and their replicates, then the references: one-hot (the same in every run) once; random init

@@ -94,18 +94,19 @@ def test_tasks_after_pretraining_are_nested_runs(tmp_path, backend):
     assert set(onehot.data.metrics) == set(ss3.data.metrics)  # a reference logs what the model logs
     assert onehot.data.metrics["task/ss3/q3"] == pytest.approx(result.tasks[3].metrics["test"]["q3"])
     for run in children.values():
-        assert not [key for key in run.data.metrics if key.split("/")[0] not in ("task", "head", "time")], run.info
-    assert "task/ss3/validation/q3" in ss3.data.metrics and "head/best_epoch" in ss3.data.metrics
+        assert not [key for key in run.data.metrics if not key.startswith("task/")], run.info  # all under its task
+    assert "task/ss3/validation/q3" in ss3.data.metrics and "task/ss3/head/best_epoch" in ss3.data.metrics
     # a child run starts before its embedding: its duration covers embedding and fitting, each timed apart
-    for run in children.values():
-        work = run.data.metrics["time/embedding_seconds"] + run.data.metrics["time/fit_seconds"]
-        assert run.data.metrics["time/bootstrap_seconds"] >= 0
+    for (label, _), run in children.items():
+        prefix = f"task/{label}/time"
+        work = run.data.metrics[f"{prefix}/embedding_seconds"] + run.data.metrics[f"{prefix}/fit_seconds"]
+        assert run.data.metrics[f"{prefix}/bootstrap_seconds"] >= 0
         assert (run.info.end_time - run.info.start_time) / 1000 >= work - 0.002, run.info.run_name
     assert ss3.info.run_name == f"ss3·model {parent.info.run_id[:6]}"
     assert children[("amp", "onehot")].info.run_name == f"amp·onehot {parent.info.run_id[:6]}"
     assert ss3.data.tags["plmforge.embedding"] == "computed"
     assert ss3.data.params["head.kind"] == "convbert" and ss3.data.params["proteins.test"] == "12"
-    assert len(client.get_metric_history(ss3.info.run_id, "head/train_loss")) == 2  # one per epoch
+    assert len(client.get_metric_history(ss3.info.run_id, "task/ss3/head/train_loss")) == 2  # one per epoch
     figures = [a.path for a in client.list_artifacts(ss3.info.run_id) if a.path.endswith(".png")]
     assert figures == ["ss3.model.confusion.png"]  # at the root, where MLflow's compare view finds it
     # nested runs are not top-level runs: the experiment has exactly one run without a parent
