@@ -265,12 +265,7 @@ def test_a_seed_gives_the_same_head_and_leaves_the_global_rng_alone():
 def test_the_epoch_with_the_lowest_validation_loss_makes_the_predictions():
     """Validation labels follow the opposite rule of the training ones, so validation loss turns up."""
     problem = PROBLEMS["residue-classes"]
-    projection = np.random.default_rng(5).normal(size=(DIM, 3))
-    xs = embeddings(24, 0)
-    train = HeadData(xs, [np.argmax(x @ projection, 1) for x in xs])
-    val_x = embeddings(8, 1)
-    validation = HeadData(val_x, [np.where(np.arange(len(x)) % 2 == 0, np.argmax(x @ projection, 1),
-                                           np.argmin(x @ projection, 1)) for x in val_x])
+    train, validation = overfitting_split()
     settings = HeadSettings(kind="linear", epochs=6, lr=3e-2, batch_size=8)
     test = data(problem, embeddings(3, 2))
     result = fit_head(Frozen(), problem, settings, train, validation, [test])
