@@ -630,13 +630,14 @@ def data_inputs(spec: Spec, report: Mapping[str, int]) -> list[DatasetRecord]:
     """The proteins a run trains and validates on, as MLflow dataset inputs (named by the spec's source).
 
     Digests come from content: a built-in corpus's shipped file, a prepared corpus's manifest (which records
-    every file's size and, when prepared with checksums, its sha256), a FASTA file's bytes.
+    every file's size and, when prepared with checksums, its sha256), a FASTA file's bytes (sampled beyond
+    256 MiB: :func:`~plmforge.core.files.content_digest`, so a large corpus is not read at every start).
     """
     from importlib import resources
 
     from plmforge.core.data.corpus import MANIFEST
     from plmforge.core.data.sources import BUILTIN_CORPORA, BUILTIN_PREFIX
-    from plmforge.core.files import sha256_file
+    from plmforge.core.files import content_digest
 
     def record(text: str, split: str, context: str) -> DatasetRecord:
         profile = {key: report[f"{split}.{key}"] for key in ("proteins", "residues") if f"{split}.{key}" in report}
@@ -646,7 +647,7 @@ def data_inputs(spec: Spec, report: Mapping[str, int]) -> list[DatasetRecord]:
             digest = hashlib.sha256(shipped.read_bytes()).hexdigest()
             return DatasetRecord(text, digest, split, context, "code", text, profile)
         path = Path(text).expanduser().resolve()
-        digest = sha256_file(path / MANIFEST if path.is_dir() else path)
+        digest = content_digest(path / MANIFEST if path.is_dir() else path)
         return DatasetRecord(text, digest, split, context, "local", str(path), profile)
 
     data = spec.data

@@ -180,3 +180,20 @@ def test_task_runs_show_their_parents_source(tmp_path):
     assert tags["mlflow.source.name"] == tags["plmforge.spec_path"] == str(spec.resolve())
     assert tags["mlflow.source.type"] == "LOCAL" and tags["mlflow.source.git.commit"] == "abc123"
     assert tags["plmforge.kind"] == "task" and "plmforge.overrides" not in tags
+
+
+def test_large_files_are_digested_by_size_and_ends(tmp_path, monkeypatch):
+    """A corpus-sized FASTA is not read whole at every start; its digest still changes with its ends or size."""
+    from plmforge.core import files
+
+    monkeypatch.setattr(files, "WHOLE_DIGEST_LIMIT", 64)
+    monkeypatch.setattr(files, "_DIGEST_SAMPLE", 16)
+    small, large = tmp_path / "small.fasta", tmp_path / "large.fasta"
+    small.write_bytes(b">a\nMKV\n")
+    assert files.content_digest(small) == files.sha256_file(small)
+    body = b">p\n" + b"ACDEFGHIKLMNPQRSTVWY" * 20 + b"\n"
+    large.write_bytes(body)
+    first = files.content_digest(large)
+    assert first != files.sha256_file(large) and first == files.content_digest(large)
+    large.write_bytes(body[:-2] + b"Q\n")  # the last residue changes
+    assert files.content_digest(large) != first
