@@ -35,6 +35,7 @@ from plmforge.core import embedding
 from plmforge.core.backend import Backend
 from plmforge.core.build import build_model
 from plmforge.core.errors import PlmforgeError
+from plmforge.core.figures import FigureContext, task_figures
 from plmforge.core.heads import HeadData, HeadResult, HeadSettings
 from plmforge.core.reference import Reference, ReferenceContext
 from plmforge.core.registry import Registry
@@ -44,7 +45,7 @@ from plmforge.core.tracking import (
     flatten,
     replicate_group,
     run_params,
-    short_overrides,
+    run_title,
     source_tags,
     task_params_section,
 )
@@ -495,8 +496,6 @@ class Evaluator:
             per_seed = [task.metrics(r.predictions[1], splits["test"], data) for r in results]
             outcome.head_sd = {name: float(np.nanstd([v.get(name, np.nan) for v in per_seed], ddof=1))
                                for name in metrics["test"]}
-        from plmforge.core.figures import FigureContext, task_figures
-
         figure_dir = plan.output_dir / "figures"  # <task>.<representation>.<what>.png, the names they are logged by
         context = FigureContext(label, reference, self.parent.short_label, metrics["test"], outcome.intervals)
         outcome.figures = task_figures(task, results[0].predictions[1], splits["test"], data, figure_dir, context)
@@ -671,9 +670,8 @@ def evaluate_checkpoint(spec: Spec, checkpoint: Path, registry: Registry | None 
     registry = registry or Registry()
     backend_section = {"name": spec.backend.name, **spec.backend.plugin_options()}
     backend, vocab, model_spec, path = embedding.load_model_and_spec(checkpoint, backend_section, registry)
-    label = short_overrides(overrides)
     tracker = Tracker(spec.tracking.enabled and tracking, spec.tracking.tracking_uri, spec.tracking.experiment,
-                      spec.tracking.run_name or f"{model_spec.name} evaluation{' ' + label if label else ''}",
+                      spec.tracking.run_name or run_title(f"{model_spec.name} evaluation", overrides),
                       warn=say, overrides=overrides)
     run_id = tracker.start()
     tracker.log_params(run_params(model_spec.to_dict()))

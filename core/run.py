@@ -43,7 +43,7 @@ from plmforge.core.tracking import (
     git_commit,
     replicate_group,
     run_params,
-    short_overrides,
+    run_title,
     source_tags,
     spec_sha256,
 )
@@ -605,10 +605,7 @@ class Trainer:
 def run_name(spec: Spec, overrides: Sequence[str] = ()) -> str:
     """The MLflow run name: ``tracking.run_name``, else the spec name followed by the overrides that change
     the run in short form (``quickstart lr=0.002``), so runs of one spec are told apart in a table."""
-    if spec.tracking.run_name:
-        return spec.tracking.run_name
-    label = short_overrides(overrides)
-    return f"{spec.name} {label}" if label else spec.name
+    return spec.tracking.run_name or run_title(spec.name, overrides)
 
 
 def run_description(spec: Spec, overrides: Sequence[str], num_parameters: int) -> str:

@@ -141,6 +141,13 @@ def short_overrides(overrides: Sequence[str], limit: int = 24) -> str:
     return joined if len(joined) <= limit else joined[:limit - 1].rstrip(", ") + "…"
 
 
+def run_title(base: str, overrides: Sequence[str]) -> str:
+    """``base`` followed by the run's describing overrides in short form (``quickstart lr=0.002``), so runs of
+    one spec are told apart in a table of runs."""
+    label = short_overrides(overrides)
+    return f"{base} {label}" if label else base
+
+
 def runs_page_hint(tracking_uri: str, experiment_id: str | None) -> list[str]:
     """How to see an experiment's runs table: lines to print after a run (none for stores without a web UI).
 
